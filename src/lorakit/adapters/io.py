@@ -1,0 +1,143 @@
+"""Adapter folders on disk: ``adapter_config.json`` + ``adapter_model.safetensors``, as PEFT writes them.
+
+Saving never leaves a half-written adapter (files are written aside and renamed into place); loading
+reads safetensors (a legacy ``adapter_model.bin`` only through ``torch.load(weights_only=True)``, which
+cannot run code) and checks every tensor before the model changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+from torch import nn
+
+from ..lora.config import LoraConfig
+from ..lora.model import add_adapter, rollback_on_error
+from ..lora.state import AdapterMismatchError, adapter_state_dict, load_adapter_state_dict
+from .peft_format import AdapterFormatError, dumps, from_peft, to_peft
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+LEGACY_WEIGHTS_NAME = "adapter_model.bin"
+
+
+def serialize_adapter(model: nn.Module, name: str = "default") -> tuple[str, bytes]:
+    """(adapter_config.json text, adapter_model.safetensors bytes) of adapter ``name``."""
+    peft_config, meta = to_peft(model, name)
+    tensors = adapter_state_dict(model, name)
+    blob = safetensors.torch.save(tensors, metadata={"format": "pt", "lorakit": json.dumps(meta)})
+    return dumps(peft_config), blob
+
+
+def save_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "default") -> Path:
+    """Write adapter ``name`` to ``directory`` in PEFT's format; returns the folder.
+
+    A new folder appears whole (built aside, then renamed); in an existing folder each file is replaced
+    atomically, weights first, and other files there (logs, plots) are left alone.
+    """
+    directory = Path(directory)
+    config_text, blob = serialize_adapter(model, name)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    if not directory.exists():
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            (staging / WEIGHTS_NAME).write_bytes(blob)
+            (staging / CONFIG_NAME).write_text(config_text)
+            os.replace(staging, directory)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return directory
+    _atomic_write(directory / WEIGHTS_NAME, blob)
+    _atomic_write(directory / CONFIG_NAME, config_text.encode())
+    stale = directory / LEGACY_WEIGHTS_NAME
+    if stale.exists():  # would otherwise disagree with the new safetensors file
+        stale.unlink()
+    return directory
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_adapter(directory: str | os.PathLike) -> tuple[LoraConfig, dict[str, torch.Tensor], dict[str, Any] | None]:
+    """Read and check an adapter folder without touching any model: (config, tensors, lorakit metadata)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"adapter folder {str(directory)!r} does not exist")
+    tensors, meta = _read_weights(directory)
+    config_path = directory / CONFIG_NAME
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path}: missing (an adapter folder holds {CONFIG_NAME} and {WEIGHTS_NAME})")
+    try:
+        data = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise AdapterFormatError(f"{config_path}: invalid JSON at line {err.lineno}, column {err.colno}: "
+                                 f"{err.msg}") from err
+    return from_peft(data, meta, str(config_path)), tensors, meta
+
+
+def _read_weights(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    path = directory / WEIGHTS_NAME
+    if path.is_file():
+        try:
+            with safetensors.safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+                tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open has no iter)
+        except (safetensors.SafetensorError, OSError) as err:
+            raise AdapterFormatError(f"{path}: not a readable safetensors file (truncated or corrupt?): "
+                                     f"{err}") from err
+        meta = None
+        if "lorakit" in header:
+            try:
+                meta = json.loads(header["lorakit"])
+            except json.JSONDecodeError as err:
+                raise AdapterFormatError(f"{path}: header entry 'lorakit' is not valid JSON: {err}") from err
+        return tensors, meta
+    legacy = directory / LEGACY_WEIGHTS_NAME
+    if legacy.is_file():
+        try:
+            tensors = torch.load(legacy, map_location="cpu", weights_only=True)
+        except Exception as err:  # weights_only refuses anything but tensors: say so, never fall back
+            raise AdapterFormatError(f"{legacy}: cannot be read as plain tensors: {err}") from err
+        if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
+            raise AdapterFormatError(f"{legacy}: expected a dict of tensors")
+        return tensors, None
+    raise FileNotFoundError(f"{directory}: no {WEIGHTS_NAME} (or legacy {LEGACY_WEIGHTS_NAME}) in it")
+
+
+def load_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "default",
+                 activate: bool = True) -> LoraConfig:
+    """Add the adapter saved in ``directory`` (by lorakit or PEFT) to ``model`` as ``name``.
+
+    All or nothing: on any error (unreadable file, other architecture, missing/unexpected key, wrong
+    shape) the model is left exactly as it was and the error names the file and tensor.
+    """
+    config, tensors, meta = read_adapter(directory)
+    source = str(Path(directory) / WEIGHTS_NAME)
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    saved_type = (meta or {}).get("model_type")
+    if saved_type and model_type and saved_type != model_type:
+        raise AdapterMismatchError(f"{source}: adapter was made for a {saved_type!r} model, this model is "
+                                   f"{model_type!r}")
+    with rollback_on_error(model, name):
+        add_adapter(model, config, name, activate=activate)
+        load_adapter_state_dict(model, tensors, name, source=source)
+    return config

@@ -1,0 +1,87 @@
+"""Pieces shared by the data-to-text loaders: the example type, the error type, where the data lives."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DATA_ENV = "LORAKIT_DATA"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One input with all its references: evaluation scores a hypothesis against every reference at once.
+
+    ``source`` is the linearised input the model reads; ``references`` is empty where the file has no
+    texts (E2E ``testset.csv``). ``meta`` holds what a caller may filter or report on (it takes no part
+    in equality or hashing).
+    """
+
+    source: str
+    references: tuple[str, ...]
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+class DataFormatError(ValueError):
+    """A data file is not in the format its loader expects; the message names the file and the place."""
+
+    def __init__(self, message: str, path: str | os.PathLike[str] | None = None, where: str | None = None):
+        self.path = None if path is None else Path(path)
+        self.where = where
+        prefix = ", ".join(str(p) for p in (path, where) if p is not None)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+
+
+class DataRootError(RuntimeError):
+    """No data folder was given: raised early so a run does not fail deep inside a loader."""
+
+
+def data_root(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The data folder: ``explicit`` (e.g. a ``--data`` flag) if given, else ``$LORAKIT_DATA``."""
+    if explicit is not None and str(explicit) != "":
+        return Path(explicit).expanduser()
+    env = os.environ.get(DATA_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    raise DataRootError(
+        f"no data folder given: set {DATA_ENV}=/path/to/data or pass --data /path/to/data "
+        "(the folder that holds e2e/, webnlg2017/, dart/)"
+    )
+
+
+def dataset_file(root: str | os.PathLike[str] | None, *parts: str, hint: str = "") -> Path:
+    """``<root>/<parts...>``, or a FileNotFoundError that says which file and how to get it."""
+    path = data_root(root).joinpath(*parts)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found{': ' + hint if hint else ''}")
+    return path
+
+
+def check_split(split: str, allowed: Sequence[str]) -> None:
+    """Reject an unknown split name up front, listing the known ones."""
+    if split not in allowed:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(allowed)}")
+
+
+def linearize_triples(triples: Iterable[Sequence[str]], *, lowercase_relation: bool = False) -> str:
+    """``s1 : r1 : o1 | s2 : r2 : o2``: the LoRA NLG converters' format for WebNLG and DART.
+
+    DART's converter lower-cases the relation (``lowercase_relation=True``); WebNLG's does not.
+    """
+    parts = []
+    for subj, rel, obj in triples:
+        parts.append(f"{subj} : {rel.lower() if lowercase_relation else rel} : {obj}")
+    return " | ".join(parts)
+
+
+def training_pairs(examples: Iterable[Example]) -> list[tuple[str, str]]:
+    """One ``(source, target)`` pair per reference, in order: fine-tuning sees every reference."""
+    return [(ex.source, ref) for ex in examples for ref in ex.references]
+
+
+def count_references(examples: Iterable[Example]) -> int:
+    """Total number of references (texts) over ``examples``."""
+    return sum(len(ex.references) for ex in examples)
