@@ -24,7 +24,7 @@ demo: $(VENV)/.installed
 	$(BIN)/lorakit demo
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check .
 
 test: lint
 	$(BIN)/python -m pytest -q
