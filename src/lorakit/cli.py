@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import typing
+
+from .train.config import TrainConfig
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -25,6 +29,50 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .tasks import get_task
+    from .train import Trainer
+
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "extra"}
+    if args.config:
+        config = TrainConfig.from_file(args.config, **overrides)
+    else:
+        config = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
+    trainer = Trainer(config)
+    summary = trainer.fit(resume=args.resume)
+    if trainer.procs.main:
+        print(f"done: {summary['steps']} steps in {summary['seconds']:.0f} s, final loss {summary['final_loss']:.3f}, "
+              f"{summary['tokens_per_s']:.0f} tokens/s; run folder {summary['output']}")
+        if config.samples:
+            from .samples import show_generations
+
+            print(f"\ngreedy generations on {config.task} dev:")
+            show_generations(trainer.model, trainer.tokenizer, get_task(config.task), config.data, config.samples)
+    return 0
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (defaults stay None so a --config file is only overridden on purpose)."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "extra":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        if hint is bool and f.default is False:
+            parser.add_argument(flag, action="store_true", default=None, help="(default: off)")
+        elif hint is bool:
+            parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false", default=None)
+        elif f.name == "targets":
+            parser.add_argument(flag, type=lambda s: [t for t in s.split(",") if t], default=None,
+                                help="comma-separated module names (default: the architecture's)")
+        elif typing.get_origin(hint) is typing.Literal:
+            parser.add_argument(flag, choices=typing.get_args(hint), default=None, help=f"(default: {f.default})")
+        else:
+            kind = next((a for a in typing.get_args(hint) if a is not type(None)), hint)  # X | None -> X
+            parser.add_argument(flag, type=kind, default=None, help=f"(default: {f.default})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lorakit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -39,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data", default=None, help="dataset root (default: $LORAKIT_DATA)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+
+    train = sub.add_parser("train", help="fine-tune a model with LoRA (or fully) on a task; resumable, torchrun-ready")
+    train.add_argument("--config", help="JSON or TOML file with TrainConfig settings; flags override it")
+    train.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    _add_config_flags(train)
+    train.set_defaults(func=_train)
 
     info = sub.add_parser("info", help="describe an adapter folder (lorakit or PEFT)")
     info.add_argument("adapter")

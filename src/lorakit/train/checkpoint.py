@@ -1,0 +1,95 @@
+"""Checkpoints that are either complete or absent: written into a temporary folder, renamed into place,
+and only then named by ``checkpoints/latest``. Resuming restores parameters, optimizer, scheduler and
+RNG state, so the run continues as if it had never stopped."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+LATEST = "latest"
+
+
+def checkpoint_root(output: str | Path) -> Path:
+    return Path(output) / "checkpoints"
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def trainable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def staging_dir(output: str | Path, step: int) -> Path:
+    return checkpoint_root(output) / f".tmp-step-{step:07d}"
+
+
+def write_rank_state(folder: Path, rank: int) -> None:
+    torch.save(rng_state(), folder / f"rng-{rank}.pt")
+
+
+def write_main_state(folder: Path, model: nn.Module, optimizer, scheduler, step: int) -> None:
+    save_file(trainable_tensors(model), str(folder / "trainable.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step},
+               folder / "state.pt")
+
+
+def publish(output: str | Path, step: int, keep: int) -> Path:
+    """Rename the staged checkpoint into place, point ``latest`` at it, drop the oldest beyond ``keep``."""
+    root = checkpoint_root(output)
+    final = root / f"step-{step:07d}"
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging_dir(output, step), final)
+    tmp = root / f".{LATEST}.tmp"
+    tmp.write_text(final.name + "\n")
+    os.replace(tmp, root / LATEST)
+    for old in sorted(root.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(output: str | Path) -> Path | None:
+    pointer = checkpoint_root(output) / LATEST
+    if not pointer.is_file():
+        return None
+    folder = checkpoint_root(output) / pointer.read_text().strip()
+    return folder if folder.is_dir() else None
+
+
+def restore(folder: Path, model: nn.Module, optimizer, scheduler, rank: int) -> int:
+    """Load a checkpoint into the run's objects; returns the step it was taken at."""
+    tensors = load_file(str(folder / "trainable.safetensors"))
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(tensors) != set(params):
+        missing = sorted(set(params) - set(tensors)) or sorted(set(tensors) - set(params))
+        raise ValueError(f"{folder}: checkpoint does not match this run's trainable parameters (e.g. {missing[0]!r}); "
+                         "was it made with other settings?")
+    with torch.no_grad():
+        for name, value in tensors.items():
+            params[name].copy_(value)
+    state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    rng_file = folder / f"rng-{rank}.pt"
+    set_rng_state(torch.load(rng_file if rng_file.exists() else folder / "rng-0.pt", weights_only=True))
+    return int(state["step"])

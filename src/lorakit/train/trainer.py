@@ -1,0 +1,283 @@
+"""The training loop shared by every task: LoRA or full fine-tuning on the same code, one process or many
+(``torchrun``, PyTorch DDP), resumable from the last checkpoint as if never stopped.
+
+Read top to bottom: set up (processes, model, data, optimizer), maybe resume, then one optimizer step per
+planned global batch, logging and checkpointing as it goes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from .. import lora
+from ..adapters import save_adapter
+from . import checkpoint as ckpt
+from .batching import Sample, collate, plan_batches, shard, tokenize_pairs
+from .config import TrainConfig
+from .logs import MetricsLog, plot_loss
+from .loss import CausalLMLoss
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class Processes:
+    """Where this process stands in a ``torchrun`` job (rank 0 of 1 without one)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> Processes:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == 1:
+            return cls()
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return cls(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        if self.world_size > 1:
+            dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        return value
+
+
+def pick_device(procs: Processes) -> torch.device:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(procs.local_rank)
+        return torch.device("cuda", procs.local_rank)
+    return torch.device("cpu")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on a GPU that has it ('auto'), never on the CPU unless asked."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; weight decay on matrices only (not on biases and norms)."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for _, p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for _, p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup to the peak, then linear decay to zero at the last step."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def prepare_model(config: TrainConfig, model: nn.Module) -> nn.Module:
+    if config.full_finetune:
+        model.requires_grad_(True)
+        return model
+    lora_config = lora.LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
+                                  target_modules=config.targets, use_rslora=config.rslora,
+                                  base_model_name_or_path=config.model)
+    return lora.add_adapter(model, lora_config, name=config.task)
+
+
+def training_samples(config: TrainConfig, tokenizer) -> list[Sample]:
+    from ..tasks import get_task
+
+    pairs = get_task(config.task).train_pairs(config.data)
+    if config.max_train_examples is not None and config.max_train_examples < len(pairs):
+        pairs = random.Random(config.seed).sample(pairs, config.max_train_examples)
+    return tokenize_pairs(tokenizer, pairs, config.max_length)
+
+
+class Trainer:
+    """One run: ``Trainer(config).fit(resume=False)`` writes the run folder and returns a summary."""
+
+    def __init__(self, config: TrainConfig, model: nn.Module | None = None, tokenizer=None) -> None:
+        from ..models import load_model
+
+        self.config = config
+        self.procs = Processes.from_env()
+        self.device = pick_device(self.procs)
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        if model is None:
+            model, tokenizer = load_model(config.model)
+        self.tokenizer = tokenizer
+        self.model = prepare_model(config, model).to(self.device)
+        self.samples = training_samples(config, tokenizer)
+        self.steps_per_epoch = len(self.samples) // config.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(self.samples)} training examples do not fill one batch of {config.batch_size}")
+        self.total_steps = config.max_steps or math.ceil(config.epochs * self.steps_per_epoch)
+        loss = CausalLMLoss(self.model, config.label_smoothing)
+        if self.procs.world_size > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            loss = nn.parallel.DistributedDataParallel(loss, device_ids=device_ids)
+        self.loss = loss
+        self.optimizer = make_optimizer(self.model, config)
+        self.schedule = make_schedule(self.optimizer, config.warmup_steps, self.total_steps)
+        self.amp = autocast_dtype(config.precision, self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
+        self.output = Path(config.output)
+        self.log = MetricsLog(self.output / "log.jsonl")
+        self._plans: dict[int, list[list[int]]] = {}
+
+    # --- data
+    def global_batch(self, step: int) -> list[int]:
+        epoch, position = divmod(step, self.steps_per_epoch)
+        if epoch not in self._plans:
+            self._plans = {epoch: plan_batches([len(s.input_ids) for s in self.samples], self.config.batch_size,
+                                               self.config.seed, epoch, self.config.group_by_length)}
+        return self._plans[epoch][position]
+
+    def micro_batches(self, batch: list[int]) -> list[list[int]]:
+        mine = shard(batch, self.procs.rank, self.procs.world_size)
+        size = self.config.micro_batch_size or len(mine)
+        return [mine[i:i + size] for i in range(0, len(mine), size)]
+
+    # --- one optimizer step
+    def step(self, step: int) -> tuple[float, int]:
+        """Forward/backward over this step's global batch; returns (mean target-token loss, real tokens)."""
+        batch = self.global_batch(step)
+        # every process knows the whole batch, so the normaliser needs no communication
+        target_tokens = sum(self.samples[i].target_tokens for i in batch)
+        scale = self.procs.world_size / target_tokens  # DDP averages gradients over processes
+        loss_sum = torch.zeros((), device=self.device)
+        real_tokens = 0
+        chunks = self.micro_batches(batch)
+        for k, chunk in enumerate(chunks):
+            inputs = {key: t.to(self.device) for key, t in collate([self.samples[i] for i in chunk],
+                                                                   self.tokenizer.pad_token_id).items()}
+            real_tokens += int(inputs["attention_mask"].sum())
+            sync = k == len(chunks) - 1 or not isinstance(self.loss, nn.parallel.DistributedDataParallel)
+            with (contextlib.nullcontext() if sync else self.loss.no_sync()), \
+                    torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+                summed, _ = self.loss(**inputs)
+            self.scaler.scale(summed * scale).backward()
+            loss_sum += summed.detach().float()
+        mean_loss = (self.procs.sum(loss_sum) / target_tokens).item()
+        if not math.isfinite(mean_loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingDiverged(f"loss became {mean_loss} at step {step + 1}")
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.schedule.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        tokens = torch.tensor(float(real_tokens), device=self.device)
+        return mean_loss, int(self.procs.sum(tokens).item())
+
+    # --- checkpoints
+    def save_checkpoint(self, step: int) -> None:
+        staging = ckpt.staging_dir(self.output, step)
+        if self.procs.main:
+            if staging.exists():
+                import shutil
+
+                shutil.rmtree(staging)
+            staging.mkdir(parents=True)
+        self.procs.barrier()
+        ckpt.write_rank_state(staging, self.procs.rank)
+        if self.procs.main:
+            ckpt.write_main_state(staging, self.model, self.optimizer, self.schedule, step)
+        self.procs.barrier()
+        if self.procs.main:
+            ckpt.publish(self.output, step, self.config.keep_checkpoints)
+            plot_loss(self.log.read(), self.output / "loss.png", f"{self.config.task}: {self.config.model}")
+        self.procs.barrier()
+
+    def resume_step(self, resume: bool) -> int:
+        latest = ckpt.latest_checkpoint(self.output)
+        if not resume:
+            if latest is not None:
+                raise FileExistsError(f"{self.output} already holds a run (checkpoint {latest.name}); pass --resume "
+                                      "to continue it or choose another --output")
+            return 0
+        if latest is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {ckpt.checkpoint_root(self.output)}")
+        step = ckpt.restore(latest, self.model, self.optimizer, self.schedule, self.procs.rank)
+        if self.procs.main:
+            self.log.truncate_after(step)
+            print(f"resumed from {latest} (step {step})")
+        return step
+
+    # --- the run
+    def fit(self, resume: bool = False) -> dict:
+        config, procs = self.config, self.procs
+        if procs.main:
+            self.output.mkdir(parents=True, exist_ok=True)
+        procs.barrier()
+        start_step = self.resume_step(resume)
+        if procs.main:
+            (self.output / "run_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+            trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+            total = sum(p.numel() for p in self.model.parameters())
+            print(f"{config.task}: {len(self.samples):,} examples, {self.total_steps} steps of {config.batch_size} "
+                  f"on {procs.world_size} process(es), {self.device}; trainable {trainable:,} / {total:,}")
+        self.model.train()
+        bar = tqdm(range(start_step, self.total_steps), initial=start_step, total=self.total_steps,
+                   desc=f"train {config.task}", unit="step", disable=not procs.main)
+        started, tokens_seen, last = time.perf_counter(), 0, {}
+        for step in bar:
+            try:
+                loss, tokens = self.step(step)
+            except TrainingDiverged as err:
+                latest = ckpt.latest_checkpoint(self.output)
+                raise TrainingDiverged(f"{err}; stopped. Last good checkpoint: {latest or 'none yet'}") from None
+            tokens_seen += tokens
+            elapsed = time.perf_counter() - started
+            last = {"step": step + 1, "epoch": (step + 1) / self.steps_per_epoch, "loss": loss,
+                    "lr": self.schedule.get_last_lr()[0], "tokens": tokens, "tokens_per_s": tokens_seen / elapsed,
+                    "elapsed_s": elapsed}
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{last['lr']:.1e}", tok_s=f"{last['tokens_per_s']:.0f}")
+            if procs.main and ((step + 1) % config.log_every == 0 or step + 1 == self.total_steps):
+                self.log.append(last)
+            if (step + 1) % config.save_every == 0 or step + 1 == self.total_steps:
+                self.save_checkpoint(step + 1)
+        bar.close()
+        self.model.eval()
+        if procs.main:
+            self.save_result()
+        procs.barrier()
+        return {"steps": self.total_steps, "final_loss": last.get("loss"), "seconds": time.perf_counter() - started,
+                "tokens_per_s": last.get("tokens_per_s"), "output": str(self.output)}
+
+    def save_result(self) -> None:
+        if self.config.full_finetune:
+            self.model.save_pretrained(self.output / "model", safe_serialization=True)
+            self.tokenizer.save_pretrained(self.output / "model")
+        else:
+            save_adapter(self.model, self.output / "adapter", name=self.config.task)
+        plot_loss(self.log.read(), self.output / "loss.png", f"{self.config.task}: {self.config.model}")

@@ -1,0 +1,197 @@
+"""The training engine: batching, the target-only loss, accumulation, NaN handling, resume, DDP, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make
+from safetensors.torch import load_file
+from train_fixtures import write_e2e, write_tiny_llama
+
+from lorakit.train import CausalLMLoss, Sample, TrainConfig, Trainer, TrainingDiverged, collate
+from lorakit.train.batching import padding_fraction, plan_batches, shard
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    write_e2e(root / "data")
+    write_tiny_llama(root / "tiny-llama")
+    return root
+
+
+def _config(workspace: Path, output: Path, **kw) -> TrainConfig:
+    base = dict(task="e2e", model=str(workspace / "tiny-llama"), data=str(workspace / "data"), output=str(output),
+                rank=4, alpha=8, dropout=0.0, batch_size=8, max_steps=4, lr=1e-2, warmup_steps=1, log_every=1,
+                save_every=100, samples=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _losses(run: Path) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())]
+
+
+# --- batching ---------------------------------------------------------------------------------------------
+def test_plan_covers_every_example_once_and_is_deterministic():
+    lengths = [(i * 37) % 50 + 5 for i in range(203)]
+    plan = plan_batches(lengths, 8, seed=1, epoch=0)
+    flat = [i for b in plan for i in b]
+    assert len(plan) == 203 // 8 and all(len(b) == 8 for b in plan)
+    assert len(set(flat)) == len(flat) == 200
+    assert plan == plan_batches(lengths, 8, seed=1, epoch=0)
+    assert plan != plan_batches(lengths, 8, seed=1, epoch=1)
+
+
+def test_length_grouping_cuts_padding():
+    lengths = [(i * 7919) % 90 + 10 for i in range(2000)]
+    samples = [Sample([1] * n, [1] * n) for n in lengths]
+    grouped = padding_fraction(samples, plan_batches(lengths, 8, 0, 0, group_by_length=True))
+    random_order = padding_fraction(samples, plan_batches(lengths, 8, 0, 0, group_by_length=False))
+    assert random_order > 0.2 and grouped < 0.05
+
+
+def test_shards_partition_the_global_batch():
+    batch = list(range(10))
+    parts = [shard(batch, r, 3) for r in range(3)]
+    assert sorted(i for p in parts for i in p) == batch
+
+
+# --- the loss ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("split", [True, False])
+def test_target_only_loss_equals_transformers_loss(arch, split):
+    model = make(arch)
+    samples = [Sample([5, 6, 7, 8, 9], [-100, -100, 7, 8, 9]), Sample([5, 9, 3], [-100, 9, 3])]
+    batch = collate(samples, pad_id=0)
+    loss_sum, n = CausalLMLoss(model, targets_only_head=split)(**batch)
+    assert n.item() == 5  # 7, 8, 9 and 9, 3: a label at position 0 would never be predicted
+    reference = model(**batch).loss
+    torch.testing.assert_close(loss_sum / n, reference, rtol=0, atol=1e-5)
+    assert CausalLMLoss(model).split is True
+
+
+# --- the loop ---------------------------------------------------------------------------------------------
+def test_gradient_accumulation_is_exact(workspace, tmp_path):
+    full = Trainer(_config(workspace, tmp_path / "a"))
+    full.fit()
+    accumulated = Trainer(_config(workspace, tmp_path / "b", micro_batch_size=3))  # 3 + 3 + 2 rows
+    accumulated.fit()
+    a = load_file(tmp_path / "a/adapter/adapter_model.safetensors")
+    b = load_file(tmp_path / "b/adapter/adapter_model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert _losses(tmp_path / "a") == pytest.approx(_losses(tmp_path / "b"), abs=1e-6)
+    assert all(a[k].abs().sum() > 0 for k in a if "lora_B" in k)  # B left zero-init: the steps did train
+
+
+def test_run_folder_holds_adapter_config_log_and_plot(workspace, tmp_path):
+    Trainer(_config(workspace, tmp_path / "run", save_every=2)).fit()
+    run = tmp_path / "run"
+    assert (run / "adapter/adapter_config.json").is_file() and (run / "run_config.json").is_file()
+    assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step-0000002", "step-0000004"]
+    assert [r["step"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())] == [1, 2, 3, 4]
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(_config(workspace, tmp_path / "run")).fit()
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(workspace, tmp_path):
+    trainer = Trainer(_config(workspace, tmp_path / "run", save_every=1, max_steps=6))
+    calls = {"n": 0}
+
+    def poison(module, args, output):
+        calls["n"] += 1
+        return output * float("nan") if calls["n"] >= 3 else output
+    trainer.model.model.norm.register_forward_hook(poison)
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 3.*Last good checkpoint: .*step-0000002"):
+        trainer.fit()
+    good = load_file(tmp_path / "run/checkpoints/step-0000002/trainable.safetensors")
+    assert all(torch.isfinite(t).all() for t in good.values())
+    assert (tmp_path / "run/checkpoints/latest").read_text().strip() == "step-0000002"
+
+
+def test_full_finetune_same_command(workspace, tmp_path):
+    trainer = Trainer(_config(workspace, tmp_path / "full", full_finetune=True, lr=1e-3, max_steps=2))
+    assert all(p.requires_grad for p in trainer.model.parameters())
+    trainer.fit()
+    assert (tmp_path / "full/model/model.safetensors").is_file()
+    assert not (tmp_path / "full/adapter").exists()
+
+
+def test_config_file_with_overrides_and_errors(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('task = "e2e"\nrank = 4\nlr = 0.001\ntargets = ["q_proj"]\n')
+    config = TrainConfig.from_file(path, rank=16)
+    assert (config.rank, config.lr, config.targets) == (16, 0.001, ["q_proj"])
+    path.write_text("rnk = 4\n")
+    with pytest.raises(ValueError, match=r"run.toml: unknown setting 'rnk'"):
+        TrainConfig.from_file(path)
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0)
+
+
+# --- real processes ---------------------------------------------------------------------------------------
+def _cli(workspace: Path, output: Path, *extra: str) -> list[str]:
+    return ["train", "--model", str(workspace / "tiny-llama"), "--data", str(workspace / "data"),
+            "--output", str(output), "--rank", "4", "--batch-size", "4", "--lr", "0.01", "--log-every", "1",
+            "--samples", "0", *extra]
+
+
+def test_killed_run_resumes_on_the_same_curve(workspace, tmp_path):
+    args = _cli(workspace, tmp_path / "x", "--max-steps", "300", "--save-every", "25", "--dropout", "0.1")
+    command = [str(BIN / "python"), "-m", "lorakit.cli", *args]
+    reference = list(args)
+    reference[reference.index(str(tmp_path / "x"))] = str(tmp_path / "ref")
+    subprocess.run([str(BIN / "python"), "-m", "lorakit.cli", *reference], check=True, capture_output=True)
+
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    latest = tmp_path / "x/checkpoints/latest"
+    deadline = time.monotonic() + 120
+    while not latest.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = latest.read_text().strip()
+    assert killed_at != "step-0000300", "the run finished before it could be killed"
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, check=True)
+    assert f"resumed from {tmp_path / 'x/checkpoints' / killed_at}" in resumed.stdout
+    assert _losses(tmp_path / "x") == _losses(tmp_path / "ref")  # bit-identical: data order, optimizer, RNG
+    a = load_file(tmp_path / "x/adapter/adapter_model.safetensors")
+    b = load_file(tmp_path / "ref/adapter/adapter_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes_match_one(workspace, tmp_path):
+    steps = ["--max-steps", "4", "--batch-size", "8", "--dropout", "0"]  # dropout masks differ per process
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([str(BIN / "python"), "-m", "lorakit.cli", *_cli(workspace, tmp_path / "one", *steps)],
+                   check=True, capture_output=True, env=env)
+    ddp = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                          f"--master_port={_free_port()}", "-m", "lorakit.cli",
+                          *_cli(workspace, tmp_path / "two", *steps)], capture_output=True, text=True, env=env)
+    assert ddp.returncode == 0, ddp.stdout[-2000:] + ddp.stderr[-2000:]
+    assert "on 2 process(es)" in ddp.stdout
+    a = load_file(tmp_path / "one/adapter/adapter_model.safetensors")
+    b = load_file(tmp_path / "two/adapter/adapter_model.safetensors")
+    assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), abs=1e-5)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # unsynced gradients differ by ~1e-2 here
+    tokens = [[r["tokens"] for r in map(json.loads, (tmp_path / run / "log.jsonl").read_text().splitlines())]
+              for run in ("one", "two")]
+    assert tokens[0] == tokens[1]  # the two processes split each batch, neither processes it whole
