@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -24,16 +25,18 @@ def test_readme_python_example_runs_as_written(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(shared_data_dir() is None, reason="E2E data not found (set LORAKIT_DATA)")
-def test_main_job_trains_saves_reloads_and_merges(tmp_path, capsys):
-    from lorakit.demo import run_demo
-
-    result = run_demo(steps=6, batch_size=4, output=tmp_path / "demo", data=str(shared_data_dir()), samples=1)
-    assert (tmp_path / "demo/adapter/adapter_config.json").is_file()
-    assert result["reload_diff"] < 1e-4 and result["merge_diff"] < 1e-3
-    assert result["unmerge_diff"] < 1e-6
-    assert result["loss_last"] < result["loss_first"]
-    out = capsys.readouterr().out
-    assert "generated:" in out and "reference:" in out
+def test_main_job_config_trains_smollm2_on_e2e(tmp_path, capsys):
+    """The README's main job, shortened: same config file, real model, real E2E data."""
+    out = tmp_path / "run"
+    code = main(["train", "--config", str(REPO / "configs/e2e-smollm2-quick.toml"), "--data", str(shared_data_dir()),
+                 "--output", str(out), "--max-steps", "12", "--batch-size", "4", "--warmup-steps", "2",
+                 "--log-every", "1", "--samples", "1"])
+    assert code == 0
+    losses = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert len(losses) == 12 and sum(losses[-4:]) < sum(losses[:4])
+    assert (out / "adapter/adapter_model.safetensors").is_file() and (out / "loss.png").is_file()
+    printed = capsys.readouterr().out
+    assert "generated:" in printed and "reference:" in printed
 
 
 def test_cli_info_describes_adapter_and_reports_errors(tmp_path, capsys):

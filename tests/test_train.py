@@ -195,3 +195,14 @@ def test_torchrun_two_processes_match_one(workspace, tmp_path):
     tokens = [[r["tokens"] for r in map(json.loads, (tmp_path / run / "log.jsonl").read_text().splitlines())]
               for run in ("one", "two")]
     assert tokens[0] == tokens[1]  # the two processes split each batch, neither processes it whole
+
+
+def test_label_smoothing_matches_its_definition():
+    model = make("llama")
+    batch = collate([Sample([5, 6, 7, 8], [-100, 6, 7, 8])], pad_id=0)
+    smoothed, _ = CausalLMLoss(model, label_smoothing=0.1)(**batch)
+    logits = model(input_ids=batch["input_ids"]).logits[0, :-1]
+    logp = torch.log_softmax(logits, dim=-1)
+    targets = batch["labels"][0, 1:]
+    expected = sum(0.9 * -logp[i, t] + 0.1 * -logp[i].mean() for i, t in enumerate(targets))
+    torch.testing.assert_close(smoothed, expected, rtol=0, atol=1e-4)

@@ -10,14 +10,6 @@ import typing
 from .train.config import TrainConfig
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
-    run_demo(args.model, steps=args.steps, batch_size=args.batch_size, lr=args.lr, rank=args.rank,
-             output=args.output, data=args.data, seed=args.seed)
-    return 0
-
-
 def _info(args: argparse.Namespace) -> int:
     from .adapters import read_adapter
 
@@ -76,17 +68,6 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lorakit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-
-    demo = sub.add_parser("demo", help="fine-tune SmolLM2-135M with LoRA on E2E, save, reload, merge, generate")
-    demo.add_argument("--model", default="smollm2-135m")
-    demo.add_argument("--steps", type=int, default=60)
-    demo.add_argument("--batch-size", type=int, default=8)
-    demo.add_argument("--lr", type=float, default=1e-3)
-    demo.add_argument("--rank", type=int, default=8)
-    demo.add_argument("--output", default="runs/demo")
-    demo.add_argument("--data", default=None, help="dataset root (default: $LORAKIT_DATA)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(func=_demo)
 
     train = sub.add_parser("train", help="fine-tune a model with LoRA (or fully) on a task; resumable, torchrun-ready")
     train.add_argument("--config", help="JSON or TOML file with TrainConfig settings; flags override it")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import DataFormatError, Example, check_split, data_root, dataset_file, linearize_triples
-from .download import DEFAULT_TIMEOUT, fetch_file, join_url
+from .download import DEFAULT_TIMEOUT, fetch_files
 
 DART_DIR = "dart"
 DART_BASE_URL = "https://raw.githubusercontent.com/Yale-LILY/dart/master/data/v1.1.1/"
@@ -88,17 +88,7 @@ def download_dart(
 ) -> list[Path]:
     """Fetch the official DART v1.1.1 JSON files into ``dest`` (default ``<data root>/dart``)."""
     folder = Path(dest) if dest is not None else data_root() / DART_DIR
-    paths = []
     for split in splits:
         check_split(split, SPLITS)
-        name = DART_FILES[split]
-        paths.append(
-            fetch_file(
-                join_url(base_url, name),
-                folder / name,
-                validate=read_dart_json,
-                overwrite=overwrite,
-                timeout=timeout,
-            )
-        )
-    return paths
+    return fetch_files(base_url, folder, [DART_FILES[s] for s in splits], validate=read_dart_json,
+                       overwrite=overwrite, timeout=timeout)

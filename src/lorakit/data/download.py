@@ -66,6 +66,20 @@ def fetch_file(
     return dest
 
 
+def fetch_files(
+    base_url: str,
+    folder: Path,
+    relpaths: list[str],
+    *,
+    validate: Callable[[Path], object],
+    overwrite: bool = False,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> list[Path]:
+    """``fetch_file`` for each of ``relpaths`` under ``base_url`` into the same place under ``folder``."""
+    return [fetch_file(join_url(base_url, rel), folder / rel, validate=validate, overwrite=overwrite, timeout=timeout)
+            for rel in relpaths]
+
+
 def _copy_url(url: str, out, timeout: float) -> tuple[int, int | None]:
     """Stream ``url`` into ``out``; returns (bytes written, Content-Length or None)."""
     request = urllib.request.Request(url, headers={"User-Agent": "lorakit-data/0.1"})

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .common import DataFormatError, Example, check_split, data_root, dataset_file
-from .download import DEFAULT_TIMEOUT, fetch_file, join_url
+from .download import DEFAULT_TIMEOUT, fetch_files
 
 E2E_DIR = "e2e"
 E2E_BASE_URL = "https://raw.githubusercontent.com/tuetschek/e2e-dataset/master/"
@@ -154,17 +154,7 @@ def download_e2e(
 ) -> list[Path]:
     """Fetch the official E2E CSVs into ``dest`` (default ``<data root>/e2e``); existing files are kept."""
     folder = Path(dest) if dest is not None else data_root() / E2E_DIR
-    paths = []
     for split in splits:
         check_split(split, SPLITS)
-        name = E2E_FILES[split]
-        paths.append(
-            fetch_file(
-                join_url(base_url, name),
-                folder / name,
-                validate=read_e2e_csv,
-                overwrite=overwrite,
-                timeout=timeout,
-            )
-        )
-    return paths
+    return fetch_files(base_url, folder, [E2E_FILES[s] for s in splits], validate=read_e2e_csv,
+                       overwrite=overwrite, timeout=timeout)

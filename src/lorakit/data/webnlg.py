@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from .common import DataFormatError, Example, check_split, data_root, linearize_triples
-from .download import DEFAULT_TIMEOUT, fetch_file, join_url
+from .download import DEFAULT_TIMEOUT, fetch_files
 
 WEBNLG_DIR = "webnlg2017"
 # Best-effort: the official GitLab repository's raw layout (mirrored on GitHub by forks).
@@ -181,16 +181,5 @@ def download_webnlg(
     pass another ``base_url`` with the same ``train/ dev/ test/`` structure.
     """
     folder = Path(dest) if dest is not None else data_root() / WEBNLG_DIR
-    paths = []
-    for split in splits:
-        for rel in webnlg_manifest(split):
-            paths.append(
-                fetch_file(
-                    join_url(base_url, rel),
-                    folder / rel,
-                    validate=read_webnlg_xml,
-                    overwrite=overwrite,
-                    timeout=timeout,
-                )
-            )
-    return paths
+    relpaths = [rel for split in splits for rel in webnlg_manifest(split)]
+    return fetch_files(base_url, folder, relpaths, validate=read_webnlg_xml, overwrite=overwrite, timeout=timeout)

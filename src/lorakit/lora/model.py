@@ -316,21 +316,21 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     """Merge the active adapters and return the plain model (original module classes, no LoRA left);
     ``modules_to_save`` become the active adapter's copy."""
     merge_adapters(model)
-    for path, layer in list(lora_layers(model)):
-        _set_module(model, path, layer.base_layer)
-    for path, wrapper in list(saved_modules(model)):
-        _set_module(model, path, wrapper.current)
-    _forget_adapters(model)
-    return model
+    return _strip(model, keep=lambda wrapper: wrapper.current)
 
 
 def unload(model: nn.Module) -> nn.Module:
     """Remove every adapter without merging: the base model as it was loaded."""
     unmerge_adapters(model)
+    return _strip(model, keep=lambda wrapper: wrapper.original_module)
+
+
+def _strip(model: nn.Module, keep) -> nn.Module:
+    """Swap every LoRA layer for its base layer and every saved-module wrapper for ``keep(wrapper)``."""
     for path, layer in list(lora_layers(model)):
         _set_module(model, path, layer.base_layer)
     for path, wrapper in list(saved_modules(model)):
-        _set_module(model, path, wrapper.original_module)
+        _set_module(model, path, keep(wrapper))
     _forget_adapters(model)
     return model
 
