@@ -63,6 +63,7 @@ class Setup:
     framework: str  # "lorakit" or "hf"
     full_finetune: bool = False
     grouped: bool = False  # batches of similar lengths
+    checkpointing: bool = False  # recompute activations in backward (less memory, more compute)
 
 
 SETUPS: dict[str, Setup] = {
@@ -73,6 +74,9 @@ SETUPS: dict[str, Setup] = {
     "hf-full": Setup("HF Trainer full fine-tuning (random sampler)", "hf", full_finetune=True),
     # not run by default: separates lorakit's length grouping from the rest of its loop
     "lorakit-lora-ungrouped": Setup("lorakit LoRA (random batches)", "lorakit"),
+    "lorakit-lora-ckpt": Setup("lorakit LoRA + gradient checkpointing", "lorakit", grouped=True, checkpointing=True),
+    "lorakit-full-ckpt": Setup("lorakit full FT + gradient checkpointing", "lorakit", full_finetune=True,
+                               grouped=True, checkpointing=True),
 }
 DEFAULT_SETUPS = ["lorakit-lora", "hf-peft-lora", "hf-peft-lora-grouped", "lorakit-full", "hf-full"]
 
@@ -104,7 +108,8 @@ def lorakit_config(args: argparse.Namespace, setup: Setup, output: str) -> Train
     return TrainConfig(task="e2e", model=args.model, data=args.data, output=output, full_finetune=setup.full_finetune,
                        rank=args.rank, alpha=args.alpha, dropout=0.0, targets=args.targets, max_steps=args.steps,
                        batch_size=args.batch_size, lr=args.lr, warmup_steps=0, weight_decay=args.weight_decay,
-                       group_by_length=setup.grouped, save_every=10**9, log_every=1, samples=0,
+                       group_by_length=setup.grouped, gradient_checkpointing=setup.checkpointing,
+                       save_every=10**9, log_every=1, samples=0,
                        max_train_examples=args.examples, seed=args.seed)
 
 
@@ -114,15 +119,17 @@ def trainable_params(model: torch.nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
-def timed_window(step_ends: list[float], tokens: list[int], steps: int) -> dict[str, float]:
+def timed_window(step_ends: list[float], tokens: list[int], steps: int) -> dict[str, Any]:
     """Throughput over steps WARMUP+1..N: tokens of those steps over the time from end of step WARMUP to N."""
     if len(step_ends) < steps or len(tokens) < steps:
         raise RuntimeError(f"expected {steps} steps, saw {len(step_ends)} timestamps and {len(tokens)} batches")
     seconds = step_ends[steps - 1] - step_ends[WARMUP_STEPS - 1]
     real = sum(tokens[WARMUP_STEPS:steps])
     timed = steps - WARMUP_STEPS
+    # per-step rates expose interference from other work on a shared machine (see disturbances())
+    per_step = [tokens[i] / (step_ends[i] - step_ends[i - 1]) for i in range(WARMUP_STEPS, steps)]
     return {"timed_steps": timed, "tokens": real, "seconds": seconds, "tokens_per_s": real / seconds,
-            "sec_per_step": seconds / timed}
+            "sec_per_step": seconds / timed, "step_tokens_per_s": per_step}
 
 
 # ------------------------------------------------------------------------------------------- workers
@@ -265,6 +272,8 @@ def worker_command(args: argparse.Namespace, name: str) -> list[str]:
 def run_worker(args: argparse.Namespace, name: str) -> dict[str, Any] | None:
     """One subprocess; None (with its stderr tail shown) when it fails."""
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
+    # one GPU: HF Trainer would otherwise spread a batch over all visible GPUs with DataParallel
+    env.setdefault("CUDA_VISIBLE_DEVICES", "0")
     print(f"  running {name} ...", end="", flush=True)
     started = time.perf_counter()
     proc = subprocess.run(worker_command(args, name), env=env, text=True, stdout=subprocess.PIPE,
@@ -296,7 +305,7 @@ def machine_info() -> dict[str, Any]:
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per configuration: median throughput over repeats, the highest peak memory."""
+    """Per configuration: medians over repeats (peak RSS also varies by ~10% between identical runs)."""
     out: dict[str, dict[str, Any]] = {}
     for name in dict.fromkeys(r["config"] for r in runs):
         mine = [r for r in runs if r["config"] == name]
@@ -305,10 +314,26 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             row[key] = statistics.median(r[key] for r in mine)
         for key in ("peak_rss_mb", "cuda_peak_mb", "load_peak_rss_mb"):
             values = [r[key] for r in mine if r.get(key) is not None]
-            row[key] = max(values) if values else None
+            row[key] = statistics.median(values) if values else None
         row["repeats"] = len(mine)
         out[name] = row
     return out
+
+
+def disturbances(runs: list[dict[str, Any]]) -> list[str]:
+    """Signs that other work disturbed the timing: one step far slower than the run's median step, or
+    repeats of one configuration that disagree. Step rates vary a little with batch length, never 3x."""
+    notes = []
+    for r in runs:
+        rates = r["step_tokens_per_s"]
+        if min(rates) < statistics.median(rates) / 3:
+            notes.append(f"{r['config']} (repeat {r['repeat']}): slowest step {min(rates):.0f} tok/s against a "
+                         f"median step of {statistics.median(rates):.0f} tok/s")
+    for name in dict.fromkeys(r["config"] for r in runs):
+        rates = [r["tokens_per_s"] for r in runs if r["config"] == name]
+        if len(rates) > 1 and max(rates) > 1.25 * min(rates):
+            notes.append(f"{name}: repeats range {min(rates):.0f}-{max(rates):.0f} tok/s")
+    return notes
 
 
 def ratio(summary: dict[str, dict[str, Any]], num: str, den: str, key: str) -> float | None:
@@ -325,6 +350,9 @@ def compute_ratios(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         ("throughput", "lorakit-lora-ungrouped", "hf-peft-lora", "tokens_per_s", None, None),
         ("peak RSS", "lorakit-lora", "lorakit-full", "peak_rss_mb", "<=", 0.5),
         ("peak RSS", "hf-peft-lora", "hf-full", "peak_rss_mb", None, None),
+        ("peak RSS", "lorakit-lora-ckpt", "lorakit-full", "peak_rss_mb", None, None),
+        ("peak RSS", "lorakit-lora-ckpt", "lorakit-full-ckpt", "peak_rss_mb", None, None),
+        ("throughput", "lorakit-lora-ckpt", "lorakit-lora", "tokens_per_s", None, None),
         ("CUDA peak", "lorakit-lora", "lorakit-full", "cuda_peak_mb", "<=", 0.5),
         ("CUDA peak", "hf-peft-lora", "hf-full", "cuda_peak_mb", None, None),
     ]
@@ -340,7 +368,7 @@ def compute_ratios(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def print_report(command: str, machine: dict[str, Any], summary: dict[str, dict[str, Any]],
-                 ratios: list[dict[str, Any]]) -> None:
+                 ratios: list[dict[str, Any]], notes: list[str]) -> None:
     print(f"\ncommand: {command}")
     print("machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()))
     cuda = any(r.get("cuda_peak_mb") is not None for r in summary.values())
@@ -361,6 +389,9 @@ def print_report(command: str, machine: dict[str, Any], summary: dict[str, dict[
     for r in ratios:
         verdict = "" if r["met"] is None else f"   goal {r['goal']}x: {'MET' if r['met'] else 'NOT MET'}"
         print(f"{r['what']:<10} {r['numerator']} / {r['denominator']}: {r['ratio']:.2f}x{verdict}")
+    if notes:
+        print("\nWARNING: timing looks disturbed by other work on this machine; rerun (with --repeats) when idle:")
+        print("\n".join(f"  {n}" for n in notes))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -412,11 +443,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     summary = summarise(runs)
     ratios = compute_ratios(summary)
-    print_report(command, machine, summary, ratios)
+    notes = disturbances(runs)
+    print_report(command, machine, summary, ratios, notes)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({
             "command": command, "machine": machine, "settings": {k: v for k, v in vars(args).items() if k != "worker"},
-            "warmup_steps_untimed": WARMUP_STEPS, "runs": runs, "summary": summary, "ratios": ratios}, indent=2) + "\n")
+            "warmup_steps_untimed": WARMUP_STEPS, "runs": runs, "summary": summary, "ratios": ratios,
+            "disturbances": notes}, indent=2) + "\n")
         print(f"\nwrote {args.json_out}")
     return 0 if len(runs) == len(args.configs) * args.repeats else 1
 

@@ -206,3 +206,13 @@ def test_label_smoothing_matches_its_definition():
     targets = batch["labels"][0, 1:]
     expected = sum(0.9 * -logp[i, t] + 0.1 * -logp[i].mean() for i, t in enumerate(targets))
     torch.testing.assert_close(smoothed, expected, rtol=0, atol=1e-4)
+
+
+def test_examples_without_target_tokens_are_skipped(capsys):
+    from lorakit.models import gpt2_tokenizer
+    from lorakit.train import tokenize_pairs
+
+    samples = tokenize_pairs(gpt2_tokenizer(), [("short prompt\n", "text"), ("a much longer prompt " * 5, "x")],
+                             max_length=8)
+    assert len(samples) == 1 and samples[0].target_tokens == 2  # "text" + EOS
+    assert "skipped 1 of 2 examples" in capsys.readouterr().out

@@ -33,8 +33,10 @@ def _train(args: argparse.Namespace) -> int:
     trainer = Trainer(config)
     summary = trainer.fit(resume=args.resume)
     if trainer.procs.main:
-        print(f"done: {summary['steps']} steps in {summary['seconds']:.0f} s, final loss {summary['final_loss']:.3f}, "
-              f"{summary['tokens_per_s']:.0f} tokens/s; run folder {summary['output']}")
+        loss, speed = summary["final_loss"], summary["tokens_per_s"]
+        print(f"done: {summary['steps']} steps in {summary['seconds']:.0f} s"
+              + (f", final loss {loss:.3f}, {speed:.0f} tokens/s" if loss is not None else "")
+              + f"; run folder {summary['output']}")
         if config.samples:
             from .samples import show_generations
 

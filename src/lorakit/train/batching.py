@@ -24,7 +24,8 @@ class Sample:
 
     @property
     def target_tokens(self) -> int:
-        return sum(label != IGNORE for label in self.labels)
+        """Tokens the loss predicts (a label at position 0 has no context and is never predicted)."""
+        return sum(label != IGNORE for label in self.labels[1:])
 
 
 def tokenize_pairs(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int = 256) -> list[Sample]:
@@ -37,7 +38,12 @@ def tokenize_pairs(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int 
         target = [*target, eos]
         ids = (prompt + target)[:max_length]
         labels = ([IGNORE] * len(prompt) + target)[:max_length]
-        samples.append(Sample(ids, labels))
+        sample = Sample(ids, labels)
+        if sample.target_tokens:  # a prompt that fills max_length leaves nothing to learn
+            samples.append(sample)
+    if len(samples) < len(pairs):
+        print(f"skipped {len(pairs) - len(samples)} of {len(pairs)} examples whose prompt leaves no target tokens "
+              f"within max_length={max_length}")
     return samples
 
 

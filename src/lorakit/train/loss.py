@@ -12,6 +12,9 @@ from torch import nn
 
 from .batching import IGNORE
 
+# config fields of models that transform logits after the output layer (Gemma 2, Cohere, Granite)
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
 
 class CausalLMLoss(nn.Module):
     """``forward(batch) -> (sum of token losses, number of target tokens)``.
@@ -27,7 +30,8 @@ class CausalLMLoss(nn.Module):
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         body = getattr(model, "base_model", None)
         # Only when the model is body -> head with nothing in between (no logit scaling or soft-capping).
-        simple = getattr(getattr(model, "config", None), "final_logit_softcapping", None) is None
+        config = getattr(model, "config", None)
+        simple = all(getattr(config, key, None) in (None, 1.0) for key in LOGIT_TRANSFORMS)
         self.split = targets_only_head and head is not None and body is not None and body is not model and simple
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -35,9 +39,11 @@ class CausalLMLoss(nn.Module):
         targets = labels[:, 1:]
         keep = targets != IGNORE
         if self.split:
-            hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                           use_cache=False).last_hidden_state
             logits = self.model.get_output_embeddings()(hidden[:, :-1][keep])
         else:
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][keep]
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            logits = logits[:, :-1][keep]
         loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum", label_smoothing=self.label_smoothing)
         return loss, keep.sum()

@@ -134,7 +134,11 @@ class Trainer:
             model, tokenizer = load_model(config.model)
         self.tokenizer = tokenizer
         self.model = prepare_model(config, model).to(self.device)
+        if config.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.samples = training_samples(config, tokenizer)
+        if config.batch_size < self.procs.world_size:
+            raise ValueError(f"batch_size {config.batch_size} is smaller than the {self.procs.world_size} processes")
         self.steps_per_epoch = len(self.samples) // config.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(self.samples)} training examples do not fill one batch of {config.batch_size}")
@@ -249,7 +253,8 @@ class Trainer:
         self.model.train()
         bar = tqdm(range(start_step, self.total_steps), initial=start_step, total=self.total_steps,
                    desc=f"train {config.task}", unit="step", disable=not procs.main)
-        started, tokens_seen, last = time.perf_counter(), 0, {}
+        started, tokens_seen = time.perf_counter(), 0
+        last = (self.log.read() or [{}])[-1] if procs.main else {}  # a resumed, finished run trains no step
         for step in bar:
             try:
                 loss, tokens = self.step(step)
