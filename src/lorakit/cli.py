@@ -67,6 +67,14 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=kind, default=None, help=f"(default: {f.default})")
 
 
+def _models(args: argparse.Namespace) -> int:
+    from .models import list_models
+
+    for info in list_models():
+        print(f"{info.name:14} {info.source:13} {info.location:45} {info.description}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lorakit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -76,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     _add_config_flags(train)
     train.set_defaults(func=_train)
+
+    models = sub.add_parser("models", help="list the short model names and where their weights come from")
+    models.set_defaults(func=_models)
 
     info = sub.add_parser("info", help="describe an adapter folder (lorakit or PEFT)")
     info.add_argument("adapter")

@@ -1,0 +1,99 @@
+"""Decoding many prompts: sort by length, batch, decode, restore the input order.
+
+Why sort: prompts of similar length share a batch, so little of each forward pass is padding; the
+outputs come back in input order whatever the batching.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from .config import DecodeConfig
+from .runner import CausalLM
+from .search import decode_batch
+
+
+def eos_ids(model: nn.Module | None = None, tokenizer=None) -> list[int]:
+    """The stop tokens: the tokenizer's EOS plus the model's ``generation_config.eos_token_id`` (one or many)."""
+    found: list[int] = []
+    generation = getattr(model, "generation_config", None)
+    for value in (getattr(tokenizer, "eos_token_id", None), getattr(generation, "eos_token_id", None)):
+        for token in value if isinstance(value, (list, tuple)) else [value]:
+            if token is not None and int(token) not in found:
+                found.append(int(token))
+    return found
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Dropout off (a model straight from training would otherwise decode at random), then put back."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Prompt indices in batches of similar length, longest first (the memory peak, and a pessimistic
+    progress estimate, come at the start rather than the end)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def generate_ids(model: nn.Module, prompts: Sequence[Sequence[int]], config: DecodeConfig | None = None, *,
+                 eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
+                 batch_size: int = 16, progress: bool = False) -> list[list[int]]:
+    """New token ids for each prompt (ids, no special tokens added), in input order, without the final EOS.
+
+    ``batch_size`` counts prompts; beam search runs ``batch_size * num_beams`` rows at once. ``eos_token_id``
+    defaults to the model's ``generation_config``; ``pad_token_id`` only fills masked positions.
+    """
+    config = config or DecodeConfig()
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if eos_token_id is None:
+        eos = eos_ids(model)
+    else:
+        eos = [int(t) for t in ([eos_token_id] if isinstance(eos_token_id, int) else eos_token_id)]
+    pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
+    prompts = [list(p) for p in prompts]
+    outputs: list[list[int]] = [[] for _ in prompts]
+    lm = CausalLM(model)
+    bar = _progress_bar(len(prompts), progress)
+    try:
+        with _eval_mode(model), torch.inference_mode():
+            for batch in length_batches([len(p) for p in prompts], batch_size):
+                results = decode_batch(lm, [prompts[i] for i in batch], config, eos, pad, keys=batch)
+                for i, tokens in zip(batch, results, strict=True):
+                    outputs[i] = tokens
+                if bar is not None:
+                    bar.update(len(batch))
+    finally:
+        if bar is not None:
+            bar.close()
+    return outputs
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="input", desc="generating", dynamic_ncols=True)
+
+
+def generate(model: nn.Module, tokenizer, prompts: Sequence[str], config: DecodeConfig | None = None,
+             batch_size: int = 16, progress: bool = True, add_special_tokens: bool = False) -> list[str]:
+    """Decode each prompt; returns the new text only (special tokens dropped, whitespace stripped), in input
+    order. Prompts are tokenized as training saw them (no special tokens added, by default)."""
+    encoded = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else None
+    ids = generate_ids(model, encoded, config, eos_token_id=eos_ids(model, tokenizer), pad_token_id=pad,
+                       batch_size=batch_size, progress=progress)
+    return [tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens in ids]

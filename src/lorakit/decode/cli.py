@@ -1,0 +1,148 @@
+"""``lorakit generate``: decode a dataset split or a file of inputs with a base model plus adapter(s), or a
+merged/full model folder; one prediction per line, in input order.
+
+Wire it in with ``add_generate_parser(subparsers)``; the handler is ``args.func``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .config import PRESETS, STRATEGIES, DecodeConfig, preset
+
+_DECODE_FLAGS = ("strategy", "max_new_tokens", "num_beams", "length_penalty", "no_repeat_ngram_size",
+                 "early_stopping", "temperature", "top_k", "top_p", "seed")
+
+
+def _early_stopping(value: str) -> bool | str:
+    lowered = value.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    if lowered == "never":
+        return "never"
+    raise argparse.ArgumentTypeError("expected true, false or never")
+
+
+def add_generate_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``generate`` sub-command to an ``argparse`` sub-parser collection."""
+    p = subparsers.add_parser(
+        "generate", help="decode inputs with a model (+ LoRA adapters): greedy, beam search or sampling",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="short name (smollm2-135m, gpt2, ...), model folder or hub id")
+    p.add_argument("--adapter", action="append", default=[], metavar="DIR",
+                   help="adapter folder (PEFT format); repeat to stack several (they are never merged)")
+    p.add_argument("--no-merge", dest="merge", action="store_false",
+                   help="keep a single adapter unmerged (default: merged into the weights, same outputs, faster)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--split", help="decode this split of --task (train, dev, test)")
+    source.add_argument("--input", help="text file, one input source per line")
+    p.add_argument("--task", help="task whose prompt format (and, with --split, data) to use; also picks the "
+                                  "default decoding preset (e2e, webnlg, dart: the paper's beam search)")
+    p.add_argument("--data", help="data root for --split (default: $LORAKIT_DATA)")
+    p.add_argument("--raw", action="store_true", help="with --input: use each line as the prompt as it is")
+    p.add_argument("--limit", type=int, help="decode only the first N inputs")
+    p.add_argument("--output", required=True, help="file to write, one prediction per line")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="decoding settings to start from (default: the task's, else greedy)")
+    p.add_argument("--strategy", choices=STRATEGIES)
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--num-beams", type=int)
+    p.add_argument("--length-penalty", type=float)
+    p.add_argument("--no-repeat-ngram-size", type=int)
+    p.add_argument("--early-stopping", type=_early_stopping, help="true, false or never (HF's meanings)")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--batch-size", type=int, default=16, help="inputs per batch (beam search: x num_beams rows)")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=run_generate)
+    return p
+
+
+def decode_config(args: argparse.Namespace) -> DecodeConfig:
+    """The preset (explicit, else the task's, else greedy) with the flags given on top."""
+    name = args.preset or (args.task if args.task in PRESETS else "greedy")
+    changes = {f: getattr(args, f) for f in _DECODE_FLAGS if getattr(args, f, None) is not None}
+    if "num_beams" in changes and "strategy" not in changes and changes["num_beams"] > 1:
+        changes["strategy"] = "beam"
+    return preset(name, **changes)
+
+
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    """The prompts to decode: a split's sources or the input file's lines, in the task's prompt format."""
+    from ..tasks import get_task
+
+    if args.split is not None and args.task is None:
+        raise ValueError("--split needs --task (e2e, webnlg, dart)")
+    task = get_task(args.task or "e2e")
+    if args.split is not None:
+        sources = [ex.source for ex in task.examples(args.split, args.data)]
+    else:
+        sources = Path(args.input).read_text(encoding="utf-8").splitlines()
+        if sources and not any(s.strip() for s in sources):
+            raise ValueError(f"{args.input}: no non-empty lines")
+    if args.limit is not None:
+        sources = sources[:args.limit]
+    return list(sources) if args.raw else [task.prompt(s) for s in sources]
+
+
+def load_for_generation(model_name: str, adapters: list[str], merge: bool, device: str | None):
+    """(model, tokenizer) with the adapters loaded, a single one merged unless ``merge`` is off."""
+    import torch
+
+    import lorakit
+
+    from ..models import load_model
+
+    model, tokenizer = load_model(model_name, padding_side="left")
+    names = [f"adapter{i}" if len(adapters) > 1 else "default" for i in range(len(adapters))]
+    for name, folder in zip(names, adapters, strict=True):
+        lorakit.load_adapter(model, folder, name)
+    if len(names) > 1:
+        lorakit.set_active_adapters(model, names)
+    elif names and merge:
+        try:
+            lorakit.merge_adapters(model)
+        except RuntimeError as err:  # a weight shared with another module (tied) cannot take a merge
+            print(f"not merging: {err}", file=sys.stderr)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), tokenizer
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    """Written aside and renamed: an interrupted run never leaves a short prediction file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.writelines(line + "\n" for line in lines)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from .api import generate
+
+    config = decode_config(args)
+    prompts = read_prompts(args)
+    model, tokenizer = load_for_generation(args.model, args.adapter, args.merge, args.device)
+    fields = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items())
+    print(f"decoding {len(prompts)} inputs: {fields}", file=sys.stderr)
+    start = time.perf_counter()
+    texts = generate(model, tokenizer, prompts, config, batch_size=args.batch_size, progress=args.progress)
+    seconds = time.perf_counter() - start
+    _write_lines(Path(args.output), [" ".join(t.split()) for t in texts])  # one line per prediction
+    print(f"wrote {len(texts)} predictions to {args.output} in {seconds:.1f} s", file=sys.stderr)
+    return 0
