@@ -25,7 +25,7 @@ def _train(args: argparse.Namespace) -> int:
     from .tasks import get_task
     from .train import Trainer
 
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "extra"}
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     if args.config:
         config = TrainConfig.from_file(args.config, **overrides)
     else:
@@ -49,8 +49,6 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (defaults stay None so a --config file is only overridden on purpose)."""
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
-        if f.name == "extra":
-            continue
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
         if hint is bool and f.default is False:
@@ -85,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(train)
     train.set_defaults(func=_train)
 
+    from .metrics.cli import add_metrics_parser
+
+    add_metrics_parser(sub)
+
     models = sub.add_parser("models", help="list the short model names and where their weights come from")
     models.set_defaults(func=_models)
 
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
         print(f"lorakit {args.command}: error: {err}", file=sys.stderr)
         return 2
 

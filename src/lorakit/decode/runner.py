@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .cache import new_cache
+
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int,
              device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,16 +35,6 @@ def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     """Position ids that start at 0 on each row's first real token, as HF ``generate`` computes them (pads get
     0); models with learned positions (GPT-2) would otherwise see shifted positions under left padding."""
     return (mask.cumsum(-1) - 1).clamp_(min=0)
-
-
-def new_cache(model: nn.Module) -> Any:
-    """An empty ``DynamicCache`` built from the model's config (so sliding-window layers get theirs)."""
-    from transformers import DynamicCache
-
-    try:
-        return DynamicCache(config=model.config)
-    except TypeError:  # transformers before the config argument
-        return DynamicCache()
 
 
 class CausalLM:
@@ -70,10 +62,12 @@ class CausalLM:
         # not keep the (possibly prompt-long) logits tensor alive.
         return out.logits[:, -1].to(dtype=torch.float32, copy=True)
 
-    def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, Any, torch.Tensor]:
-        """Run the prompts: (next-token logits, filled cache, each row's last position)."""
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor,
+                headroom: int = 64) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        """Run the prompts: (next-token logits, filled cache with room for ``headroom`` more tokens, each
+        row's last position)."""
         positions = positions_from_mask(mask)
-        cache = new_cache(self.model)
+        cache = new_cache(self.model, headroom)
         logits = self._forward(ids, mask, positions, cache, keep_last=True)
         return logits, cache, positions[:, -1]
 
@@ -81,7 +75,3 @@ class CausalLM:
         """Feed one token per row (``mask`` already includes it, ``positions`` are its positions)."""
         return self._forward(tokens[:, None], mask, positions[:, None], cache, keep_last=False)
 
-
-def select_rows(cache: Any, rows: torch.Tensor) -> None:
-    """Keep (or reorder, or repeat) the cache's batch rows in place: beams, and rows that finished early."""
-    cache.reorder_cache(rows)

@@ -3,13 +3,28 @@
 
 METEOR and the E2E scorer's tokenizer are Java programs (shipped inside pycocoevalcap); without Java,
 METEOR is reported as None with a :class:`MetricsWarning` and everything else is still computed.
+
+Names load lazily: pycocoevalcap and sacrebleu are the optional ``metrics`` extra, and ``lorakit``'s
+command line imports :mod:`lorakit.metrics.cli` to build its parser even when they are not installed.
 """
 
-from .e2e import E2E_METRICS, e2e_scores
-from .files import MetricsFileError, MetricsWarning, read_e2e_refs, read_hypotheses
-from .mteval import corpus_bleu, corpus_nist
-from .webnlg import WEBNLG_METRICS, dart_scores, webnlg_scores, webnlg_scores_by_category
+from __future__ import annotations
 
-__all__ = ["E2E_METRICS", "WEBNLG_METRICS", "MetricsFileError", "MetricsWarning", "corpus_bleu", "corpus_nist",
-           "dart_scores", "e2e_scores", "read_e2e_refs", "read_hypotheses", "webnlg_scores",
-           "webnlg_scores_by_category"]
+import importlib
+from typing import Any
+
+_WHERE = {
+    "E2E_METRICS": "e2e", "e2e_scores": "e2e",
+    "Meteor15": "coco",
+    "MetricsFileError": "files", "MetricsWarning": "files", "read_e2e_refs": "files", "read_hypotheses": "files",
+    "corpus_bleu": "mteval", "corpus_nist": "mteval",
+    "WEBNLG_METRICS": "webnlg", "dart_scores": "webnlg", "webnlg_scores": "webnlg",
+    "webnlg_scores_by_category": "webnlg",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)

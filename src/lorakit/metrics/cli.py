@@ -12,12 +12,15 @@ REFS_HELP = "references: an input's references on consecutive lines, inputs sepa
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .e2e import e2e_scores
-    from .files import read_e2e_refs, read_hypotheses
-    from .webnlg import webnlg_scores
+    try:
+        from .e2e import e2e_scores
+        from .files import MetricsWarning, read_e2e_refs, read_hypotheses
+        from .webnlg import webnlg_scores
+    except ModuleNotFoundError as err:  # lorakit's CLI reports RuntimeErrors as one line, not a traceback
+        raise RuntimeError(f"{err.name} is not installed: pip install 'lorakit[metrics]'") from None
 
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+        warnings.simplefilter("always", MetricsWarning)
         references = read_e2e_refs(args.refs)
         hypotheses = read_hypotheses(args.hyp, expected=len(references))
         scores = (e2e_scores if args.benchmark == "e2e" else webnlg_scores)(hypotheses, references)

@@ -70,11 +70,11 @@ class Meteor15:
         try:
             return float(self._meteor.compute_score(gts, res)[0])
         except (ValueError, OSError) as err:  # the jar died: its stderr says why
-            self.close()
-            stderr = self._meteor.meteor_p.stderr.read().decode(errors="replace").strip()
+            stderr = self.close()
             raise RuntimeError(f"METEOR (meteor-1.5.jar) failed: {stderr[-500:] or err}") from None
 
-    def close(self) -> None:
+    def close(self) -> str:
+        """Stop the jar (idempotent); returns what it wrote to stderr, for error messages."""
         proc = self._meteor.meteor_p
         if self._meteor.lock.locked():
             self._meteor.lock.release()
@@ -82,6 +82,10 @@ class Meteor15:
             proc.stdin.close()
             proc.kill()
         proc.wait()
+        stderr = "" if proc.stderr.closed else proc.stderr.read().decode(errors="replace").strip()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            pipe.close()
+        return stderr
 
     def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
@@ -100,7 +104,8 @@ def meteor_or_none(hypotheses: Sequence[str], references: Sequence[Sequence[str]
         return fresh.score(hypotheses, references)
 
 
-def coco_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float | None]:
+def coco_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
+                meteor: Meteor15 | None = None) -> dict[str, float | None]:
     """METEOR, ROUGE_L and CIDEr on PTB-tokenised, lowercased text, as the E2E scorer computes them."""
     flat = [r for refs in references for r in refs]
     if java() is None:
@@ -114,7 +119,7 @@ def coco_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) 
         gts[i] = tokens[start:start + len(refs)]
         start += len(refs)
     return {
-        "METEOR": meteor_or_none([res[i][0] for i in res], [gts[i] for i in gts]),
+        "METEOR": meteor_or_none([res[i][0] for i in res], [gts[i] for i in gts], meteor),
         "ROUGE_L": float(Rouge().compute_score(gts, res)[0]),
         "CIDEr": float(Cider().compute_score(gts, res)[0]),
     }

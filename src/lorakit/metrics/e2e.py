@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .coco import coco_scores
+from .coco import Meteor15, coco_scores
 from .mteval import corpus_bleu, corpus_nist
 
 E2E_METRICS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
@@ -25,18 +25,20 @@ def check_inputs(hypotheses: Sequence[str], references: Sequence[Sequence[str]])
             raise ValueError(f"input {index} has no references")
 
 
-def e2e_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float | None]:
+def e2e_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]], *,
+               meteor: Meteor15 | None = None) -> dict[str, float | None]:
     """BLEU (a fraction, as the E2E scorer prints it), NIST, METEOR, ROUGE_L and CIDEr over a corpus.
 
     ``references[i]`` holds every reference of input ``i``; all metrics use them all at once. BLEU and
     NIST are mteval-v13a's (13a tokens, case-insensitive, as the scorer's Python port runs them); the
     other three are MS-COCO's on Stanford-PTB-tokenised lowercased text. METEOR is None (with a
-    MetricsWarning) when Java is missing.
+    MetricsWarning) when Java is missing. ``meteor`` lets a caller scoring several corpora share one
+    METEOR process (starting one takes seconds: it loads a paraphrase table).
     """
     check_inputs(hypotheses, references)
     scores = {
         "BLEU": corpus_bleu(hypotheses, references, lowercase=True) / 100,
         "NIST": corpus_nist(hypotheses, references, lowercase=True),
-        **coco_scores(hypotheses, references),
+        **coco_scores(hypotheses, references, meteor),
     }
     return {name: scores[name] for name in E2E_METRICS}
