@@ -1,11 +1,12 @@
 """Decoding speed: lorakit.decode against Hugging Face ``generate`` on the same model, adapter and inputs.
 
 Model: SmolLM2-135M with a fresh r=8 LoRA on q_proj, v_proj (B non-zero, so the adapter acts), decoded
-unmerged and merged. Inputs: E2E dev prompts (``source + "\\n"``), sorted by length and cut into the same
-batches for both sides.
+unmerged and merged; or a trained adapter (--adapter), whose outputs end at EOS like real E2E text.
+Inputs: E2E dev prompts (``source + "\\n"``), sorted by length and cut into the same batches for both sides.
 
-1. Greedy: generated tokens/s (EOS included, padding after EOS not counted) at each --batch-sizes, lorakit
-   and HF measured alternately, median of --repeats; the two must produce the same tokens.
+1. Greedy: generated tokens/s (EOS included, padding after EOS not counted) at each --batch-sizes over
+   --batches batches of prompts: HF runs batch after batch, lorakit gets all the prompts at the same batch
+   size (it refills finished rows). Measured alternately, median of --repeats; the tokens must be the same.
 2. Beam search (paper E2E settings: beam 10, length penalty 0.9, no_repeat_ngram_size 4, 64 new tokens):
    wall time over --beam-inputs dev inputs (547 = the whole dev set) for lorakit, and over --hf-beam-inputs
    for HF (0 skips it; HF is slow, so a subset is reported per input).
@@ -41,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--data", help="data root (default: $LORAKIT_DATA)")
+    p.add_argument("--adapter", help="a trained adapter folder instead of the fresh random one (realistic lengths)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="both sides use it")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16])
     p.add_argument("--batches", type=int, default=2, help="greedy: batches per measurement")
     p.add_argument("--new-tokens", type=int, default=32, help="greedy: max new tokens")
@@ -61,9 +64,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def build_model(name: str, seed: int = 0):
-    """The base model with a fresh q/v LoRA whose B is non-zero (a zero B would be the base model)."""
-    model, tokenizer = load_model(name, padding_side="left")
+def build_model(name: str, seed: int = 0, adapter: str | None = None, dtype: str = "float32"):
+    """The base model with a fresh q/v LoRA whose B is non-zero (a zero B would be the base model), or with
+    the adapter saved in ``adapter``."""
+    model, tokenizer = load_model(name, padding_side="left", dtype=getattr(torch, dtype))
+    if adapter:
+        lorakit.load_adapter(model, adapter)
+        return model.eval(), tokenizer
+    torch.manual_seed(seed)  # A's initialisation draws from the global generator
     lorakit.add_adapter(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -98,7 +106,9 @@ def timed(fn, *args, **kwargs):
 
 
 def ours_batches(model, batches, config: DecodeConfig, pad: int, eos: int) -> list[list[int]]:
-    return [o for b in batches for o in ours_generate(model, b, config, pad, eos, len(b))]
+    """All the batches' prompts in one call at the same batch size: lorakit refills a finished row's slot
+    with the next prompt, where HF runs each batch until its longest row is done."""
+    return ours_generate(model, [p for b in batches for p in b], config, pad, eos, max(map(len, batches)))
 
 
 def hf_batches(model, batches, pad: int, eos: int, **kwargs) -> list[list[int]]:
@@ -172,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {platform.node()} {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} "
           f"torch threads={torch.get_num_threads()}; python {platform.python_version()}, torch {torch.__version__}, "
           f"transformers {transformers.__version__}; load average {os.getloadavg()}", flush=True)
-    model, tokenizer = build_model(args.model)
+    model, tokenizer = build_model(args.model, adapter=args.adapter, dtype=args.dtype)
+    print(f"model: {args.model} ({args.dtype}) + {args.adapter or 'fresh r=8 q_proj/v_proj LoRA, B ~ N(0, 0.01)'}")
     task = get_task("e2e")
     sources = [task.prompt(ex.source) for ex in task.examples("dev", args.data)]
     prompts = tokenizer(sources, add_special_tokens=False)["input_ids"]

@@ -23,7 +23,7 @@ from lorakit import LoraConfig
 from lorakit.decode import DecodeConfig, generate, generate_ids, length_batches, preset
 from lorakit.decode.logits import NGramBlocker, filter_scores
 
-PAD = 1  # a pad id distinct from every EOS used below; padding is masked and never counts as text
+PAD = 1  # our filler id: masked, never counts as text (the HF batches below are padded with the EOS id)
 LENGTHS = (5, 11, 3, 8, 14)
 
 
@@ -103,6 +103,57 @@ def test_beam_search_without_early_stopping_equals_hf_generate(early_stopping):
                        early_stopping=early_stopping)
 
 
+def test_refilled_stream_equals_hf_generate():
+    """Three slots for seven prompts, refilled as soon as one is free: rows finish at different steps and new
+    prompts are merged into the running cache."""
+    model, prompts = make("llama"), _prompts((7, 2, 12, 4, 9, 3, 6))
+    eos = _eos_that_occurs(model, prompts, 14)
+    config = DecodeConfig("greedy", max_new_tokens=14, no_repeat_ngram_size=3)
+    ours = generate_ids(model, prompts, config, eos_token_id=eos, pad_token_id=PAD, batch_size=3, refill_at=1)
+    assert ours == _hf(model, prompts, eos, max_new_tokens=14, do_sample=False, no_repeat_ngram_size=3)
+    assert len({len(o) for o in ours}) > 2
+
+
+def test_plain_dynamic_cache_gives_the_same_results(monkeypatch):
+    """Caches that cannot grow in place (sliding-window layers, older transformers) take the generic path."""
+    from transformers import DynamicCache
+
+    from lorakit.decode import cache, runner
+
+    model, prompts = make("gpt2"), _prompts()
+    eos = _eos_that_occurs(model, prompts, 10)
+    configs = [DecodeConfig("greedy", max_new_tokens=10, no_repeat_ngram_size=2),
+               DecodeConfig("beam", max_new_tokens=10, num_beams=3, length_penalty=0.8, no_repeat_ngram_size=3)]
+    fast = [generate_ids(model, prompts, c, eos_token_id=eos, batch_size=2, refill_at=1) for c in configs]
+    monkeypatch.setattr(runner, "new_cache", lambda model, headroom: DynamicCache(config=model.config))
+    plain = [generate_ids(model, prompts, c, eos_token_id=eos, batch_size=2, refill_at=1) for c in configs]
+    assert plain == fast
+    assert not cache.growable(DynamicCache(config=model.config))
+
+
+def test_growing_cache_layer_operations():
+    from lorakit.decode.cache import GrowingLayer
+
+    g = torch.Generator().manual_seed(0)
+    a, b = GrowingLayer(headroom=2), GrowingLayer(headroom=2)
+    ka, kb = torch.randn(3, 2, 4, 5, generator=g), torch.randn(2, 2, 6, 5, generator=g)
+    a.update(ka, ka + 1)
+    b.update(kb, kb + 1)
+    extra = torch.randn(3, 2, 3, 5, generator=g)  # grows past the headroom: reallocates
+    a.update(extra, extra + 1)
+    ka = torch.cat([ka, extra], dim=2)
+    assert torch.equal(a.keys, ka) and a.get_seq_length() == 7
+    a.stack(b)  # right-aligned, the shorter side padded with zeros
+    assert a.keys.shape == (5, 2, 7, 5) and torch.equal(a.keys[:3], ka) and torch.equal(a.values[3:, :, 1:], kb + 1)
+    assert torch.equal(a.keys[3:, :, :1], torch.zeros(2, 2, 1, 5))
+    a.drop_front(1)
+    assert torch.equal(a.keys[3:], kb) and a.get_seq_length() == 6
+    before = a.keys.clone()
+    a.reorder_tail(torch.tensor([1, 1, 0, 4, 3]), start=2)
+    assert torch.equal(a.keys[:, :, :2], before[:, :, :2])
+    assert torch.equal(a.keys[:, :, 2:], before[[1, 1, 0, 4, 3], :, 2:])
+
+
 # --------------------------------------------------------------------------------------- invariants
 @pytest.mark.parametrize("strategy", ["greedy", "beam", "sample"])
 def test_no_repeat_ngram_never_repeats_an_ngram(strategy):
@@ -118,7 +169,7 @@ def test_ngram_blocker_bans_what_hf_bans():
     torch.manual_seed(0)
     ids = torch.randint(3, 9, (4, 30))  # small alphabet: many repeated n-grams
     for n in (1, 2, 3, 4):
-        blocker = NGramBlocker(n, ids, torch.ones_like(ids), max_new_tokens=0)
+        blocker = NGramBlocker(n, ids, torch.ones_like(ids))
         ours = torch.zeros(4, 12)
         blocker.ban(ours)
         hf = NoRepeatNGramLogitsProcessor(n)(ids, torch.zeros(4, 12))
@@ -150,6 +201,7 @@ def test_sampling_is_reproducible_per_seed_and_independent_of_the_batch():
     config = DecodeConfig("sample", max_new_tokens=15, seed=11, temperature=1.5)
     first = generate_ids(model, prompts, config, eos_token_id=0, batch_size=4)
     assert generate_ids(model, prompts, config, eos_token_id=0, batch_size=4) == first
+    assert generate_ids(model, prompts, config, eos_token_id=0, batch_size=2, refill_at=1) == first
     assert generate_ids(model, prompts, config, eos_token_id=0, batch_size=1) == first
     assert generate_ids(model, prompts, config.replace(seed=12), eos_token_id=0) != first
     # Input i keeps its stream when other inputs are added: the prefix of a longer list decodes the same.
@@ -171,6 +223,8 @@ def test_batched_results_equal_one_at_a_time(strategy):
     config = DecodeConfig(strategy, max_new_tokens=10, num_beams=3, no_repeat_ngram_size=3, length_penalty=0.9)
     batched = generate_ids(model, prompts, config, eos_token_id=eos, batch_size=3)
     assert batched == [generate_ids(model, [p], config, eos_token_id=eos)[0] for p in prompts]
+    if strategy == "greedy":
+        assert generate_ids(model, prompts, config, eos_token_id=eos, batch_size=3, refill_at=2) == batched
 
 
 def test_output_order_is_input_order_after_length_sorting():

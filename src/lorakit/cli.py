@@ -83,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(train)
     train.set_defaults(func=_train)
 
+    from .decode.cli import add_generate_parser
     from .metrics.cli import add_metrics_parser
 
+    add_generate_parser(sub)
     add_metrics_parser(sub)
 
     models = sub.add_parser("models", help="list the short model names and where their weights come from")

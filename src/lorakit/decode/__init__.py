@@ -4,7 +4,7 @@ KV cache (``lorakit generate`` on the command line)."""
 from .api import eos_ids, generate, generate_ids, length_batches
 from .config import E2E_PAPER, PRESETS, STRATEGIES, DecodeConfig, preset
 from .runner import CausalLM
-from .search import beam_search, decode_batch, greedy_or_sample
+from .search import beam_search, stream_decode
 
-__all__ = ["E2E_PAPER", "PRESETS", "STRATEGIES", "CausalLM", "DecodeConfig", "beam_search", "decode_batch",
-           "eos_ids", "generate", "generate_ids", "greedy_or_sample", "length_batches", "preset"]
+__all__ = ["E2E_PAPER", "PRESETS", "STRATEGIES", "CausalLM", "DecodeConfig", "beam_search", "eos_ids",
+           "generate", "generate_ids", "length_batches", "preset", "stream_decode"]

@@ -14,7 +14,7 @@ from torch import nn
 
 from .config import DecodeConfig
 from .runner import CausalLM
-from .search import decode_batch
+from .search import beam_search, stream_decode
 
 
 def eos_ids(model: nn.Module | None = None, tokenizer=None) -> list[int]:
@@ -48,11 +48,14 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
 
 def generate_ids(model: nn.Module, prompts: Sequence[Sequence[int]], config: DecodeConfig | None = None, *,
                  eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
-                 batch_size: int = 16, progress: bool = False) -> list[list[int]]:
+                 batch_size: int = 16, progress: bool = False, refill_at: int | None = None) -> list[list[int]]:
     """New token ids for each prompt (ids, no special tokens added), in input order, without the final EOS.
 
-    ``batch_size`` counts prompts; beam search runs ``batch_size * num_beams`` rows at once. ``eos_token_id``
-    defaults to the model's ``generation_config``; ``pad_token_id`` only fills masked positions.
+    ``batch_size`` counts prompts decoded at once (beam search runs ``batch_size * num_beams`` rows); prompts
+    are batched by length. Greedy and sampling drop finished rows at once and, with ``refill_at``, admit the
+    next prompts when that many slots are free (default: when the batch is done, the fastest on CPUs, where
+    a step costs about the same for few rows as for many). ``eos_token_id`` defaults to the model's
+    ``generation_config``; ``pad_token_id`` only fills masked positions.
     """
     config = config or DecodeConfig()
     if batch_size < 1:
@@ -68,12 +71,19 @@ def generate_ids(model: nn.Module, prompts: Sequence[Sequence[int]], config: Dec
     bar = _progress_bar(len(prompts), progress)
     try:
         with _eval_mode(model), torch.inference_mode():
-            for batch in length_batches([len(p) for p in prompts], batch_size):
-                results = decode_batch(lm, [prompts[i] for i in batch], config, eos, pad, keys=batch)
-                for i, tokens in zip(batch, results, strict=True):
-                    outputs[i] = tokens
-                if bar is not None:
-                    bar.update(len(batch))
+            batches = length_batches([len(p) for p in prompts], batch_size)
+            if config.strategy == "beam":
+                for batch in batches:
+                    results = beam_search(lm, [prompts[i] for i in batch], config, eos, pad)
+                    for i, tokens in zip(batch, results, strict=True):
+                        outputs[i] = tokens
+                    if bar is not None:
+                        bar.update(len(batch))
+            else:
+                order = [i for batch in batches for i in batch]
+                outputs = stream_decode(lm, prompts, order, config, eos, pad, slots=batch_size,
+                                        on_done=(lambda i, tokens: bar.update(1)) if bar is not None else None,
+                                        refill_at=refill_at)
     finally:
         if bar is not None:
             bar.close()
@@ -93,7 +103,7 @@ def generate(model: nn.Module, tokenizer, prompts: Sequence[str], config: Decode
     """Decode each prompt; returns the new text only (special tokens dropped, whitespace stripped), in input
     order. Prompts are tokenized as training saw them (no special tokens added, by default)."""
     encoded = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else None
-    ids = generate_ids(model, encoded, config, eos_token_id=eos_ids(model, tokenizer), pad_token_id=pad,
+    ids = generate_ids(model, encoded, config, eos_token_id=eos_ids(model, tokenizer),
+                       pad_token_id=tokenizer.pad_token_id,
                        batch_size=batch_size, progress=progress)
     return [tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens in ids]

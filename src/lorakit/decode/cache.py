@@ -95,8 +95,12 @@ if _DynamicLayer is not None:
             equal in every row it maps onto each other (the shared prompt of an input's beams)."""
             if self.key_store is not None and start < self.length:
                 rows = rows.to(self.key_store.device)
-                self.key_store[:, :, start:self.length] = self.key_store[rows, :, start:self.length]
-                self.value_store[:, :, start:self.length] = self.value_store[rows, :, start:self.length]
+                moved = (rows != torch.arange(len(rows), device=rows.device)).nonzero()[:, 0]
+                if len(moved) == 0:
+                    return
+                source = rows[moved]  # the right-hand side is gathered (copied) before anything is written
+                self.key_store[moved, :, start:self.length] = self.key_store[source, :, start:self.length]
+                self.value_store[moved, :, start:self.length] = self.value_store[source, :, start:self.length]
 
         def drop_front(self, columns: int) -> None:
             """Forget the first ``columns`` positions (padding no live row attends to); a view, no copy."""

@@ -64,6 +64,8 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--batch-size", type=int, default=16, help="inputs per batch (beam search: x num_beams rows)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="weights' dtype; bfloat16 is ~2x faster on CPUs with AMX/AVX512-BF16, outputs may differ")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=run_generate)
     return p
@@ -96,7 +98,8 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     return list(sources) if args.raw else [task.prompt(s) for s in sources]
 
 
-def load_for_generation(model_name: str, adapters: list[str], merge: bool, device: str | None):
+def load_for_generation(model_name: str, adapters: list[str], merge: bool, device: str | None,
+                        dtype: str = "float32"):
     """(model, tokenizer) with the adapters loaded, a single one merged unless ``merge`` is off."""
     import torch
 
@@ -104,7 +107,7 @@ def load_for_generation(model_name: str, adapters: list[str], merge: bool, devic
 
     from ..models import load_model
 
-    model, tokenizer = load_model(model_name, padding_side="left")
+    model, tokenizer = load_model(model_name, padding_side="left", dtype=getattr(torch, dtype))
     names = [f"adapter{i}" if len(adapters) > 1 else "default" for i in range(len(adapters))]
     for name, folder in zip(names, adapters, strict=True):
         lorakit.load_adapter(model, folder, name)
@@ -137,7 +140,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
     config = decode_config(args)
     prompts = read_prompts(args)
-    model, tokenizer = load_for_generation(args.model, args.adapter, args.merge, args.device)
+    model, tokenizer = load_for_generation(args.model, args.adapter, args.merge, args.device, args.dtype)
     fields = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items())
     print(f"decoding {len(prompts)} inputs: {fields}", file=sys.stderr)
     start = time.perf_counter()

@@ -1,8 +1,8 @@
 """One way to call any causal LM with a KV cache: prefill a left-padded batch, then one token per row.
 
-Why not ``model.generate``: each of its steps also runs generic input preparation, logits processors,
-stopping criteria and cache bookkeeping written for every model and mode; here a step is one forward
-call plus a few tensor operations, and the prefill computes the LM head for the last position only.
+Why a loop of our own rather than ``model.generate``: it can drop finished rows and refill their slots,
+run a prompt once for all its beams and keep a cache that grows in place. A step is one forward call plus
+a few tensor operations; the prefill computes the LM head for the last position only.
 """
 
 from __future__ import annotations

@@ -1,19 +1,23 @@
-"""The decoding loops for one batch of prompts: greedy / sampling, and beam search.
+"""The decoding loops: greedy / sampling over a stream of prompts, and beam search over a batch.
 
-Both keep per-step work to one forward call and a handful of tensor operations. Rows (greedy, sampling)
-or inputs (beam search) that are done leave the batch and the KV cache at once, so the cost of a batch
-follows its average output length rather than its longest.
+Per step: one forward call and a handful of tensor operations. A finished row (greedy, sampling) or a
+settled input (beam search) leaves the batch and the KV cache at once. Greedy and sampling can also admit
+new prompts into freed slots (``refill_at``); by default they wait until the batch is empty, because on a
+CPU a decoding step is bound by reading the weights (SmolLM2: ~55 ms for 1 to 16 rows), so an extra
+prefill pass for a few new rows costs more than the steps it saves.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 
 import torch
 
+from .cache import drop_front, growable, reorder_tail, select_rows, stack
 from .config import DecodeConfig
 from .logits import NGramBlocker, RowSampler, filter_scores
-from .runner import CausalLM, left_pad, select_rows
+from .runner import CausalLM, left_pad
 
 _DEAD = -1.0e9  # HF's score for "cannot be chosen"; kept identical so ties and sums agree with HF
 
@@ -22,56 +26,121 @@ def _grow(mask: torch.Tensor) -> torch.Tensor:
     return torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
 
 
-def decode_batch(lm: CausalLM, prompts: Sequence[Sequence[int]], config: DecodeConfig, eos: Sequence[int],
-                 pad_id: int, keys: Sequence[int] | None = None) -> list[list[int]]:
-    """New tokens for each prompt (EOS not included). ``keys`` name each prompt's random stream (sampling)."""
-    if config.strategy == "beam":
-        return beam_search(lm, prompts, config, eos, pad_id)
-    return greedy_or_sample(lm, prompts, config, eos, pad_id, keys)
+def _leading_padding(mask: torch.Tensor) -> int:
+    """How many first columns are padding in every row (no live row attends to them)."""
+    used = mask.any(dim=0)
+    return int(used.to(torch.int8).argmax()) if bool(used.any()) else 0
 
 
-def greedy_or_sample(lm: CausalLM, prompts: Sequence[Sequence[int]], config: DecodeConfig, eos: Sequence[int],
-                     pad_id: int, keys: Sequence[int] | None = None) -> list[list[int]]:
-    """Greedy (argmax) or sampled decoding; a row stops at its first EOS and leaves the batch."""
-    ids, mask = left_pad(prompts, pad_id, lm.device)
-    logits, cache, positions = lm.prefill(ids, mask)
-    blocker = NGramBlocker(config.no_repeat_ngram_size, ids, mask, config.max_new_tokens) \
-        if config.no_repeat_ngram_size else None
-    sampler = RowSampler(config.seed, list(keys if keys is not None else range(len(prompts)))) \
-        if config.strategy == "sample" else None
-    eos_ids = torch.tensor(list(eos) if config.stop_at_eos else [], dtype=torch.long, device=lm.device)
-    rows = list(range(len(prompts)))  # which prompt each live row belongs to
+class _Rows:
+    """Rows decoded together (greedy, sampling) and everything that must stay aligned with them."""
+
+    def __init__(self, lm: CausalLM, prompts: Sequence[Sequence[int]], indices: list[int], config: DecodeConfig,
+                 pad_id: int) -> None:
+        ids, self.mask = left_pad([prompts[i] for i in indices], pad_id, lm.device)
+        self.logits, self.cache, self.positions = lm.prefill(ids, self.mask, headroom=config.max_new_tokens)
+        self.rows, self.counts = list(indices), [0] * len(indices)
+        self.blocker = NGramBlocker(config.no_repeat_ngram_size, ids, self.mask) \
+            if config.no_repeat_ngram_size else None
+        self.sampler = RowSampler(config.seed, indices) if config.strategy == "sample" else None
+        self.growable = growable(self.cache)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def choose(self, config: DecodeConfig) -> torch.Tensor:
+        """The next token of every row."""
+        if self.blocker is not None:
+            self.blocker.ban(self.logits)
+        if self.sampler is not None:
+            return self.sampler.sample(filter_scores(self.logits, config.temperature, config.top_k, config.top_p))
+        return self.logits.argmax(dim=-1)
+
+    def keep(self, keep: torch.Tensor) -> None:
+        """Keep only rows ``keep`` (they stay in order); padding columns nobody needs any more go too."""
+        kept = keep.tolist()
+        self.rows, self.counts = [self.rows[i] for i in kept], [self.counts[i] for i in kept]
+        self.mask, self.positions = self.mask[keep], self.positions[keep]
+        if self.blocker is not None:
+            self.blocker.select(keep)
+            self.blocker.trim()
+        if self.sampler is not None:
+            self.sampler.select(kept)
+        if not kept:
+            return
+        select_rows(self.cache, keep)
+        lead = _leading_padding(self.mask) if self.growable else 0
+        if lead:
+            self.mask = self.mask[:, lead:]
+            drop_front(self.cache, lead)
+
+    def stack(self, other: _Rows) -> _Rows:
+        """Add ``other``'s rows (fresh from their prefill) below these, right-aligned."""
+        if not self.rows:
+            return other
+        stack(self.cache, other.cache)
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        self.mask = torch.cat([torch.nn.functional.pad(m, (width - m.shape[1], 0)) for m in (self.mask, other.mask)])
+        self.positions = torch.cat([self.positions, other.positions])
+        self.logits = torch.cat([self.logits, other.logits])
+        self.rows, self.counts = self.rows + other.rows, self.counts + other.counts
+        if self.blocker is not None:
+            self.blocker.stack(other.blocker)
+        if self.sampler is not None:
+            self.sampler.stack(other.sampler)
+        return self
+
+    def advance(self, tokens: torch.Tensor) -> None:
+        """Feed each row's new token through the model; ``logits`` then predict the token after it."""
+        if self.blocker is not None:
+            self.blocker.append(tokens)
+        self.mask, self.positions = _grow(self.mask), self.positions + 1
+
+
+def stream_decode(lm: CausalLM, prompts: Sequence[Sequence[int]], order: Sequence[int], config: DecodeConfig,
+                  eos: Sequence[int], pad_id: int, slots: int,
+                  on_done: Callable[[int, list[int]], None] | None = None,
+                  refill_at: int | None = None) -> list[list[int]]:
+    """Greedy or sampled decoding of ``prompts`` (admitted in ``order``), at most ``slots`` rows at a time.
+
+    Rows stop at EOS (not included in the output) or after ``max_new_tokens``. New prompts are admitted once
+    ``refill_at`` slots are free (default: all of them, i.e. whole batches); caches whose layers cannot be
+    merged (sliding-window models) always use whole batches. ``on_done(index, tokens)`` follows each prompt.
+    """
+    stops = set(eos) if config.stop_at_eos else set()
+    queue = deque(order)
     outputs: list[list[int]] = [[] for _ in prompts]
-    for step in range(config.max_new_tokens):
-        if blocker is not None:
-            blocker.ban(logits)
-        if sampler is not None:
-            tokens = sampler.sample(filter_scores(logits, config.temperature, config.top_k, config.top_p))
-        else:
-            tokens = logits.argmax(dim=-1)
-        finished = torch.isin(tokens, eos_ids)
-        for row, token, done in zip(rows, tokens.tolist(), finished.tolist(), strict=True):
-            if not done:
-                outputs[row].append(token)
-        if step + 1 == config.max_new_tokens:
-            break
-        if finished.any():
-            keep = (~finished).nonzero()[:, 0]
-            if keep.numel() == 0:
-                break
-            tokens, mask, positions = tokens[keep], mask[keep], positions[keep]
-            select_rows(cache, keep)
-            kept = keep.tolist()
-            rows = [rows[i] for i in kept]
-            if blocker is not None:
-                blocker.select(keep)
-            if sampler is not None:
-                sampler.select(kept)
-        if blocker is not None:
-            blocker.append(tokens)
-        mask, positions = _grow(mask), positions + 1
-        logits = lm.step(tokens, cache, mask, positions)
-    return outputs
+    live: _Rows | None = None
+    refill_at = min(refill_at or slots, slots)
+    while True:
+        free = slots - (len(live) if live is not None else 0)
+        if queue and (not live or (live.growable and free >= refill_at)):
+            new = _Rows(lm, prompts, [queue.popleft() for _ in range(min(free, len(queue)))], config, pad_id)
+            live = new if live is None else live.stack(new)
+        if not live:
+            return outputs
+        tokens = live.choose(config)
+        finished = []
+        for j, (row, token) in enumerate(zip(live.rows, tokens.tolist(), strict=True)):
+            live.counts[j] += 1
+            if token in stops:
+                finished.append(j)
+                continue
+            outputs[row].append(token)
+            if live.counts[j] == config.max_new_tokens:
+                finished.append(j)
+        if finished:
+            if on_done is not None:
+                for j in finished:
+                    on_done(live.rows[j], outputs[live.rows[j]])
+            gone = set(finished)
+            keep = torch.tensor([j for j in range(len(live)) if j not in gone], dtype=torch.long, device=lm.device)
+            live.keep(keep)
+            tokens = tokens[keep]
+            if not live:
+                continue
+        live.advance(tokens)
+        live.logits = lm.step(tokens, live.cache, live.mask, live.positions)
 
 
 def _gather(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -84,24 +153,26 @@ def _gather(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def beam_search(lm: CausalLM, prompts: Sequence[Sequence[int]], config: DecodeConfig, eos: Sequence[int],
                 pad_id: int) -> list[list[int]]:
     """Beam search with HF's scoring, stopping rules and tie order (its vectorised ``_beam_search``): the best
-    finished hypothesis of each prompt.
+    finished hypothesis of each prompt, EOS not included.
 
     Differences that do not change results: the prompt is run once and its cache copied to the beams (HF
-    runs it ``num_beams`` times); an input leaves the batch once its finished beams can no longer change
-    (HF keeps computing it until the whole batch is done).
+    runs it ``num_beams`` times); moving beams copies only the generated part of the cache; an input leaves
+    the batch once its finished beams can no longer change (HF computes it until the whole batch is done).
     """
     batch, beams, horizon = len(prompts), config.num_beams, config.max_new_tokens
     lp, early = config.length_penalty, config.early_stopping
     ids, mask = left_pad(prompts, pad_id, lm.device)
-    logits, cache, positions = lm.prefill(ids, mask)
+    logits, cache, positions = lm.prefill(ids, mask, headroom=horizon)
+    shared = ids.shape[1]  # cache columns before this one are the prompt: equal for all beams of an input
     logits = logits.repeat_interleave(beams, dim=0)
     cache.batch_repeat_interleave(beams)
     mask, positions = mask.repeat_interleave(beams, dim=0), positions.repeat_interleave(beams, dim=0)
-    blocker = NGramBlocker(config.no_repeat_ngram_size, ids.repeat_interleave(beams, dim=0), mask, horizon) \
+    blocker = NGramBlocker(config.no_repeat_ngram_size, ids.repeat_interleave(beams, dim=0), mask) \
         if config.no_repeat_ngram_size else None
 
     device = logits.device
     eos_ids = torch.tensor(list(eos) if config.stop_at_eos else [], dtype=torch.long, device=device)
+    stops = set(eos_ids.tolist())
     keep_k = max(2, 1 + len(eos_ids)) * beams  # enough candidates that `beams` of them did not just end
     in_top = torch.arange(keep_k, device=device) < beams  # only the top `beams` candidates may finish
     items = list(range(batch))  # which prompt each live input is
@@ -113,7 +184,6 @@ def beam_search(lm: CausalLM, prompts: Sequence[Sequence[int]], config: DecodeCo
     finished_lengths = torch.zeros((batch, beams), dtype=torch.long, device=device)
     is_finished = torch.zeros((batch, beams), dtype=torch.bool, device=device)
     improvable = torch.ones((batch,), dtype=torch.bool, device=device)
-    stops = set(eos_ids.tolist())
     results: list[list[int]] = [[] for _ in prompts]
 
     for t in range(horizon):  # t tokens generated so far
@@ -127,7 +197,7 @@ def beam_search(lm: CausalLM, prompts: Sequence[Sequence[int]], config: DecodeCo
         source, top_tokens = top_index // vocab, top_index % vocab
         candidates = _gather(running, source)
         candidates[:, :, t] = top_tokens
-        ended = torch.isin(top_tokens, eos_ids) if t + 1 < horizon else torch.ones_like(in_top).expand_as(source)
+        ended = torch.isin(top_tokens, eos_ids) if t + 1 < horizon else torch.ones_like(top_tokens, dtype=torch.bool)
 
         # Running beams: the best candidates that did not end.
         open_scores = top_scores + ended.to(torch.float32) * _DEAD
@@ -157,31 +227,47 @@ def beam_search(lm: CausalLM, prompts: Sequence[Sequence[int]], config: DecodeCo
         improvable = improvable & (best_possible > worst).any(dim=1)
         done = ~improvable | (is_finished.all(dim=1) & (early is True))
         if t + 1 == horizon:
-            done = torch.ones_like(done)
-
-        for i in done.nonzero()[:, 0].tolist():
-            tokens = finished[i, 0, :finished_lengths[i, 0]].tolist()
-            if tokens and tokens[-1] in stops:
-                tokens.pop()
-            results[items[i]] = tokens
-        if bool(done.all()):
             break
-        if bool(done.any()):
+
+        done_items = done.nonzero()[:, 0].tolist()
+        for i in done_items:
+            results[items[i]] = _best(finished, finished_lengths, i, stops)
+        if len(done_items) == live:
+            return results
+        origin = chosen_source + torch.arange(live, device=device)[:, None] * beams  # flat row each beam continues
+        if done_items:  # drop settled inputs from every row-aligned tensor, then reorder beams within inputs
             keep = (~done).nonzero()[:, 0]
             items = [items[i] for i in keep.tolist()]
             running, running_scores, finished, finished_scores = (
                 running[keep], running_scores[keep], finished[keep], finished_scores[keep])
             finished_lengths, is_finished, improvable = finished_lengths[keep], is_finished[keep], improvable[keep]
-            chosen_source, chosen_tokens = chosen_source[keep], chosen_tokens[keep]
-            origin = keep[:, None] * beams + chosen_source  # flat row each new beam continues
+            chosen_source, chosen_tokens, origin = chosen_source[keep], chosen_tokens[keep], origin[keep]
+            rows = (keep[:, None] * beams + torch.arange(beams, device=device)).reshape(-1)
+            select_rows(cache, rows)
+            mask, positions = mask[rows], positions[rows]
+            lead = _leading_padding(mask) if growable(cache) else 0
+            if lead:
+                mask, shared = mask[:, lead:], shared - lead
+                drop_front(cache, lead)
+            within = (chosen_source + torch.arange(len(items), device=device)[:, None] * beams).reshape(-1)
         else:
-            origin = torch.arange(live, device=device)[:, None] * beams + chosen_source
-        origin = origin.reshape(-1)
-        select_rows(cache, origin)
-        mask, positions = _grow(mask[origin]), positions[origin] + 1
+            within = origin.reshape(-1)
+        reorder_tail(cache, within, shared)  # beams of an input share the prompt: move the generated part only
         next_tokens = chosen_tokens.reshape(-1)
         if blocker is not None:
-            blocker.select(origin)
+            blocker.select(origin.reshape(-1))
             blocker.append(next_tokens)
+        mask, positions = _grow(mask), positions + 1
         logits = lm.step(next_tokens, cache, mask, positions)
+
+    for i in range(len(items)):
+        results[items[i]] = _best(finished, finished_lengths, i, stops)
     return results
+
+
+def _best(finished: torch.Tensor, lengths: torch.Tensor, item: int, stops: set[int]) -> list[int]:
+    """The top finished hypothesis of live input ``item``, without its final EOS."""
+    tokens = finished[item, 0, :lengths[item, 0]].tolist()
+    if tokens and tokens[-1] in stops:
+        tokens.pop()
+    return tokens
