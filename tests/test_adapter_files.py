@@ -138,7 +138,7 @@ def test_wrong_architecture_without_header_fails_on_names(tmp_path):
     peft.get_peft_model(make("llama"), peft.LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path)
     model = make("roberta")
     before = Unchanged(model)
-    with pytest.raises(ValueError, match="matched no module"):
+    with pytest.raises(AdapterMismatchError, match=f"{WEIGHTS_NAME}: target_modules=.*matched no module"):
         lorakit.load_adapter(model, tmp_path)
     before.check()
 
@@ -160,6 +160,7 @@ def test_bad_json_names_line(saved, target):
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"peft_type": "PREFIX_TUNING"}, "peft_type"),
+    ({"init_lora_weights": "pissa"}, "modified base"),
     ({"use_dora": True}, "use_dora"),
     ({"r": 0}, "positive integer"),
     ({"bias": "some"}, "bias"),

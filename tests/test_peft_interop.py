@@ -91,13 +91,15 @@ def test_gpt2_qv_slice_adapter_is_saved_as_equivalent_rank_2r_lora(tmp_path, ids
     torch.testing.assert_close(logits(again, ids), logits(model, ids), rtol=0, atol=ATOL)
 
 
-def test_peft_gpt2_c_attn_adapter_loads_as_plain_lora(tmp_path):
+def test_peft_gpt2_c_attn_adapter_loads_as_plain_lora(tmp_path, ids):
     """PEFT adapts all of c_attn; with no lorakit header the file loads as a plain LoRA, exactly."""
     peft_model = peft.get_peft_model(make("gpt2"), peft.LoraConfig(**CASES["gpt2"][1]))
+    _randomize([p for p in peft_model.parameters() if p.requires_grad], seed=6)
     peft_model.save_pretrained(tmp_path / "p")
     ours = make("gpt2")
     lorakit.load_adapter(ours, tmp_path / "p")
     assert type(ours.transformer.h[0].attn.c_attn) is Linear
+    torch.testing.assert_close(logits(ours, ids), logits(peft_model.eval(), ids), rtol=0, atol=ATOL)
 
 
 def test_embedding_and_bias_interop(ids, tmp_path):

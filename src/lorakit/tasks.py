@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .data import Example, load_dart, load_e2e, load_webnlg
+from .data import Example, load_dart, load_e2e, load_webnlg, training_pairs
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class NLGTask:
 
     def train_pairs(self, root: str | os.PathLike | None = None) -> list[tuple[str, str]]:
         """(prompt, target): one pair per reference."""
-        return [(self.prompt(ex.source), ref) for ex in self.examples("train", root) for ref in ex.references]
+        return [(self.prompt(source), target) for source, target in training_pairs(self.examples("train", root))]
 
 
 TASKS: dict[str, NLGTask] = {

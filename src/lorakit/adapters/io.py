@@ -48,6 +48,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "de
     directory.parent.mkdir(parents=True, exist_ok=True)
     if not directory.exists():
         staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private
         try:
             (staging / WEIGHTS_NAME).write_bytes(blob)
             (staging / CONFIG_NAME).write_text(config_text)
@@ -71,10 +72,17 @@ def _atomic_write(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_adapter(directory: str | os.PathLike) -> tuple[LoraConfig, dict[str, torch.Tensor], dict[str, Any] | None]:
@@ -138,6 +146,9 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "de
         raise AdapterMismatchError(f"{source}: adapter was made for a {saved_type!r} model, this model is "
                                    f"{model_type!r}")
     with rollback_on_error(model, name):
-        add_adapter(model, config, name, activate=activate)
+        try:
+            add_adapter(model, config, name, activate=activate)
+        except (ValueError, TypeError) as err:
+            raise AdapterMismatchError(f"{source}: {err}") from err
         load_adapter_state_dict(model, tensors, name, source=source)
     return config

@@ -98,7 +98,13 @@ def from_peft(data: Any, meta: dict[str, Any] | None, source: str) -> LoraConfig
     if "r" not in data:
         raise AdapterFormatError(f"{source}: missing key 'r'")
     fields = {k: data[k] for k in FIELDS if k in data and data[k] is not None}
-    if isinstance(fields.get("init_lora_weights"), str):  # e.g. "gaussian": irrelevant once trained
+    init = fields.get("init_lora_weights")
+    if isinstance(init, str):
+        # "gaussian"/"eva" only choose a starting point; "pissa", "olora", "loftq", "corda"... also change the
+        # base weights, so the adapter is only right on a base lorakit does not have
+        if init.lower() not in ("gaussian", "eva"):
+            raise AdapterFormatError(f"{source}: key 'init_lora_weights' = {init!r} trains against a modified base "
+                                     "model, which lorakit cannot reproduce")
         fields["init_lora_weights"] = True
     if meta is not None:
         fields["fused_modules"] = meta.get("fused_modules") or {}

@@ -117,7 +117,18 @@ def add_adapter(model: nn.Module, config: LoraConfig | None = None, name: str = 
             set_trainable(model, name)
         else:
             set_active_adapters(model, active_adapters(model))
+            _freeze_adapter(model, name)  # an inactive adapter is not trained (set_trainable changes that)
     return model
+
+
+def _freeze_adapter(model: nn.Module, name: str) -> None:
+    for _, layer in lora_layers(model):
+        if name in layer.adapter_names:
+            for p in layer.adapter_parameters(name):
+                p.requires_grad_(False)
+    for _, wrapper in saved_modules(model):
+        if name in wrapper.adapter_names:
+            wrapper.modules_to_save[name].requires_grad_(False)
 
 
 def _inject(model: nn.Module, config: LoraConfig, name: str) -> None:
@@ -231,16 +242,16 @@ def deactivate_adapter(model: nn.Module, name: str) -> None:
 def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
     """Run the bare base model inside the block: merged adapters are taken out and put back after."""
     merged = {id(layer): list(layer.merged_adapters) for _, layer in lora_layers(model)}
-    wrappers = list(_wrappers(model))
+    wrappers = [(module, module.disabled) for module in _wrappers(model)]  # restore, so blocks can nest
     for _, layer in lora_layers(model):
         layer.unmerge()
-    for module in wrappers:
+    for module, _ in wrappers:
         module.disabled = True
     try:
         yield model
     finally:
-        for module in wrappers:
-            module.disabled = False
+        for module, was_disabled in wrappers:
+            module.disabled = was_disabled
         for _, layer in lora_layers(model):
             layer.merge(merged.get(id(layer), []))
 
@@ -315,8 +326,9 @@ def merged_adapters(model: nn.Module) -> list[str]:
 def merge_and_unload(model: nn.Module) -> nn.Module:
     """Merge the active adapters and return the plain model (original module classes, no LoRA left);
     ``modules_to_save`` become the active adapter's copy."""
+    kept = {id(w): w.current for _, w in saved_modules(model)}  # raises before anything changes
     merge_adapters(model)
-    return _strip(model, keep=lambda wrapper: wrapper.current)
+    return _strip(model, keep=lambda wrapper: kept[id(wrapper)])
 
 
 def unload(model: nn.Module) -> nn.Module:

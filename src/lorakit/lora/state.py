@@ -68,10 +68,6 @@ def adapter_state_dict(model: nn.Module, name: str = "default") -> dict[str, tor
     return {key: slot.export().detach().clone().contiguous() for key, slot in _slots(model, name).items()}
 
 
-def expected_shapes(model: nn.Module, name: str = "default") -> dict[str, list[int]]:
-    return {key: slot.saved_shape for key, slot in _slots(model, name).items()}
-
-
 @torch.no_grad()
 def load_adapter_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], name: str = "default",
                             source: str = "adapter") -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,10 @@ def write_rank_state(folder: Path, rank: int) -> None:
     torch.save(rng_state(), folder / f"rng-{rank}.pt")
 
 
-def write_main_state(folder: Path, model: nn.Module, optimizer, scheduler, step: int) -> None:
+def write_main_state(folder: Path, model: nn.Module, optimizer, scheduler, scaler, step: int) -> None:
     save_file(trainable_tensors(model), str(folder / "trainable.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step},
-               folder / "state.pt")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "step": step}, folder / "state.pt")
 
 
 def publish(output: str | Path, step: int, keep: int) -> Path:
@@ -72,11 +73,14 @@ def latest_checkpoint(output: str | Path) -> Path | None:
     pointer = checkpoint_root(output) / LATEST
     if not pointer.is_file():
         return None
-    folder = checkpoint_root(output) / pointer.read_text().strip()
+    name = pointer.read_text().strip()
+    if not re.fullmatch(r"step-\d{7}", name):
+        raise ValueError(f"{pointer}: expected a checkpoint name like step-0000100, got {name!r}")
+    folder = checkpoint_root(output) / name
     return folder if folder.is_dir() else None
 
 
-def restore(folder: Path, model: nn.Module, optimizer, scheduler, rank: int) -> int:
+def restore(folder: Path, model: nn.Module, optimizer, scheduler, rank: int, scaler=None) -> int:
     """Load a checkpoint into the run's objects; returns the step it was taken at."""
     tensors = load_file(str(folder / "trainable.safetensors"))
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -90,6 +94,8 @@ def restore(folder: Path, model: nn.Module, optimizer, scheduler, rank: int) -> 
     state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
     rng_file = folder / f"rng-{rank}.pt"
     set_rng_state(torch.load(rng_file if rng_file.exists() else folder / "rng-0.pt", weights_only=True))
     return int(state["step"])

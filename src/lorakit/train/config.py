@@ -52,7 +52,7 @@ class TrainConfig:
         checks = {"rank": self.rank > 0, "batch_size": self.batch_size > 0, "lr": self.lr > 0,
                   "epochs": self.epochs > 0, "save_every": self.save_every > 0, "log_every": self.log_every > 0,
                   "max_length": self.max_length > 1, "label_smoothing": 0 <= self.label_smoothing < 1,
-                  "dropout": 0 <= self.dropout < 1}
+                  "dropout": 0 <= self.dropout < 1, "keep_checkpoints": self.keep_checkpoints >= 1}
         if self.max_steps is not None:
             checks["max_steps"] = self.max_steps > 0
         if self.micro_batch_size is not None:

@@ -18,7 +18,16 @@ class MetricsLog:
     def read(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+        records = []
+        for i, line in enumerate(lines):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i == len(lines) - 1:  # cut short by a killed process: the checkpoint is what counts
+                    break
+                raise ValueError(f"{self.path}, line {i + 1}: not a JSON record") from None
+        return records
 
     def truncate_after(self, step: int) -> None:
         """On resume: forget what was logged after the checkpoint, so the curve continues from there."""

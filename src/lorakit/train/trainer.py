@@ -171,18 +171,18 @@ class Trainer:
 
     # --- one optimizer step
     def step(self, step: int) -> tuple[float, int]:
-        """Forward/backward over this step's global batch; returns (mean target-token loss, real tokens)."""
+        """Forward/backward over this step's global batch; returns (mean target-token loss, its non-padding
+        tokens over all processes)."""
         batch = self.global_batch(step)
         # every process knows the whole batch, so the normaliser needs no communication
         target_tokens = sum(self.samples[i].target_tokens for i in batch)
+        real_tokens = sum(len(self.samples[i].input_ids) for i in batch)
         scale = self.procs.world_size / target_tokens  # DDP averages gradients over processes
         loss_sum = torch.zeros((), device=self.device)
-        real_tokens = 0
         chunks = self.micro_batches(batch)
         for k, chunk in enumerate(chunks):
             inputs = {key: t.to(self.device) for key, t in collate([self.samples[i] for i in chunk],
                                                                    self.tokenizer.pad_token_id).items()}
-            real_tokens += int(inputs["attention_mask"].sum())
             sync = k == len(chunks) - 1 or not isinstance(self.loss, nn.parallel.DistributedDataParallel)
             with (contextlib.nullcontext() if sync else self.loss.no_sync()), \
                     torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
@@ -195,13 +195,15 @@ class Trainer:
             raise TrainingDiverged(f"loss became {mean_loss} at step {step + 1}")
         self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+        norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+        if not torch.isfinite(norm) and not self.scaler.is_enabled():  # fp16's scaler skips such steps itself
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingDiverged(f"gradient norm became {norm.item()} at step {step + 1}")
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
-        tokens = torch.tensor(float(real_tokens), device=self.device)
-        return mean_loss, int(self.procs.sum(tokens).item())
+        return mean_loss, real_tokens
 
     # --- checkpoints
     def save_checkpoint(self, step: int) -> None:
@@ -215,7 +217,7 @@ class Trainer:
         self.procs.barrier()
         ckpt.write_rank_state(staging, self.procs.rank)
         if self.procs.main:
-            ckpt.write_main_state(staging, self.model, self.optimizer, self.schedule, step)
+            ckpt.write_main_state(staging, self.model, self.optimizer, self.schedule, self.scaler, step)
         self.procs.barrier()
         if self.procs.main:
             ckpt.publish(self.output, step, self.config.keep_checkpoints)
@@ -225,17 +227,34 @@ class Trainer:
     def resume_step(self, resume: bool) -> int:
         latest = ckpt.latest_checkpoint(self.output)
         if not resume:
-            if latest is not None:
-                raise FileExistsError(f"{self.output} already holds a run (checkpoint {latest.name}); pass --resume "
+            earlier = [p.name for p in (self.log.path, self.output / "checkpoints", self.output / "adapter",
+                                        self.output / "model") if p.exists()]
+            if earlier:
+                raise FileExistsError(f"{self.output} already holds a run ({', '.join(earlier)}); pass --resume "
                                       "to continue it or choose another --output")
             return 0
         if latest is None:
             raise FileNotFoundError(f"--resume: no checkpoint under {ckpt.checkpoint_root(self.output)}")
-        step = ckpt.restore(latest, self.model, self.optimizer, self.schedule, self.procs.rank)
+        self.check_same_settings()
+        step = ckpt.restore(latest, self.model, self.optimizer, self.schedule, self.procs.rank, self.scaler)
         if self.procs.main:
             self.log.truncate_after(step)
             print(f"resumed from {latest} (step {step})")
         return step
+
+    # settings a resumed run may change: how long it runs and what it prints
+    RESUMABLE_CHANGES = ("output", "max_steps", "epochs", "samples", "log_every", "save_every", "keep_checkpoints")
+
+    def check_same_settings(self) -> None:
+        """Resuming is exact only with the settings the run started with (batch plan, schedule, model)."""
+        saved_path = self.output / "run_config.json"
+        if not saved_path.is_file():
+            return
+        saved, now = json.loads(saved_path.read_text()), self.config.to_dict()
+        changed = [k for k in now if k not in self.RESUMABLE_CHANGES and saved.get(k, now[k]) != now[k]]
+        if changed:
+            raise ValueError(f"--resume with other settings than {saved_path}: {changed[0]} was "
+                             f"{saved.get(changed[0])!r}, now {now[changed[0]]!r}")
 
     # --- the run
     def fit(self, resume: bool = False) -> dict:
@@ -285,4 +304,3 @@ class Trainer:
             self.tokenizer.save_pretrained(self.output / "model")
         else:
             save_adapter(self.model, self.output / "adapter", name=self.config.task)
-        plot_loss(self.log.read(), self.output / "loss.png", f"{self.config.task}: {self.config.model}")
