@@ -253,3 +253,14 @@ def test_parameter_report_matches_files(tmp_path):
     saved_params = sum(t.numel() for t in load_file(folder / WEIGHTS_NAME).values())
     assert report.trainable == saved_params
     assert f"{report.trainable:,}" in str(report) and "on disk" in str(report)
+
+
+def test_saved_adapter_has_ordinary_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        folder = lorakit.save_adapter(_trained(), tmp_path / "new")  # built aside (mkdtemp is private)
+        lorakit.save_adapter(_trained(), folder)  # replaced file by file (mkstemp is private)
+    finally:
+        os.umask(old)
+    assert folder.stat().st_mode & 0o777 == 0o755
+    assert {(p.stat().st_mode & 0o777) for p in folder.iterdir()} == {0o644}

@@ -19,6 +19,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from ..files import atomic_write, umask
 from ..lora.config import LoraConfig
 from ..lora.model import add_adapter, rollback_on_error
 from ..lora.state import AdapterMismatchError, adapter_state_dict, load_adapter_state_dict
@@ -48,7 +49,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "de
     directory.parent.mkdir(parents=True, exist_ok=True)
     if not directory.exists():
         staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private
+        os.chmod(staging, 0o777 & ~umask())  # mkdtemp makes it private
         try:
             (staging / WEIGHTS_NAME).write_bytes(blob)
             (staging / CONFIG_NAME).write_text(config_text)
@@ -57,32 +58,12 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "de
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return directory
-    _atomic_write(directory / WEIGHTS_NAME, blob)
-    _atomic_write(directory / CONFIG_NAME, config_text.encode())
+    atomic_write(directory / WEIGHTS_NAME, blob)
+    atomic_write(directory / CONFIG_NAME, config_text.encode())
     stale = directory / LEGACY_WEIGHTS_NAME
     if stale.exists():  # would otherwise disagree with the new safetensors file
         stale.unlink()
     return directory
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def read_adapter(directory: str | os.PathLike) -> tuple[LoraConfig, dict[str, torch.Tensor], dict[str, Any] | None]:

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from ..files import atomic_write
 from .config import PRESETS, STRATEGIES, DecodeConfig, preset
 
 _DECODE_FLAGS = ("strategy", "max_new_tokens", "num_beams", "length_penalty", "no_repeat_ngram_size",
@@ -124,15 +123,7 @@ def load_for_generation(model_name: str, adapters: list[str], merge: bool, devic
 
 def _write_lines(path: Path, lines: list[str]) -> None:
     """Written aside and renamed: an interrupted run never leaves a short prediction file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(line + "\n" for line in lines)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, "".join(line + "\n" for line in lines).encode("utf-8"))
 
 
 def run_generate(args: argparse.Namespace) -> int:
