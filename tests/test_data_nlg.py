@@ -404,6 +404,9 @@ def test_download_e2e_then_load(server, tmp_path):
     assert sorted(p.name for p in dest.iterdir()) == ["devset.csv", "testset_w_refs.csv", "trainset.csv"]
     assert [p.name for p in paths] == ["trainset.csv", "devset.csv", "testset_w_refs.csv"]
     assert load_e2e("test", tmp_path / "root")[0].references == ("A is a pub.", "The pub A.")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert {p.stat().st_mode & 0o777 for p in paths} == {0o666 & ~mask}  # not mkstemp's private 0600
 
 
 def test_download_keeps_existing_file_unless_asked(server, tmp_path):

@@ -16,6 +16,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from ..files import umask
+
 DEFAULT_TIMEOUT = 60.0
 _CHUNK = 1 << 16
 
@@ -60,6 +62,7 @@ def fetch_file(
                 validate(tmp)
             except (ValueError, OSError) as err:
                 raise DownloadError(f"{url}: downloaded file is not valid: {err}") from err
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes it private; data folders are often shared
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
