@@ -117,18 +117,19 @@ def add_adapter(model: nn.Module, config: LoraConfig | None = None, name: str = 
             set_trainable(model, name)
         else:
             set_active_adapters(model, active_adapters(model))
-            _freeze_adapter(model, name)  # an inactive adapter is not trained (set_trainable changes that)
+            _set_adapter_grad(model, name, False)  # an inactive adapter is not trained (set_trainable changes that)
     return model
 
 
-def _freeze_adapter(model: nn.Module, name: str) -> None:
+def _set_adapter_grad(model: nn.Module, name: str, trainable: bool) -> None:
+    """``requires_grad`` of adapter ``name``'s own parameters: A/B and its ``modules_to_save`` copies."""
     for _, layer in lora_layers(model):
         if name in layer.adapter_names:
             for p in layer.adapter_parameters(name):
-                p.requires_grad_(False)
+                p.requires_grad_(trainable)
     for _, wrapper in saved_modules(model):
         if name in wrapper.adapter_names:
-            wrapper.modules_to_save[name].requires_grad_(False)
+            wrapper.modules_to_save[name].requires_grad_(trainable)
 
 
 def _inject(model: nn.Module, config: LoraConfig, name: str) -> None:
@@ -262,13 +263,7 @@ def set_trainable(model: nn.Module, name: str) -> None:
     config = adapter_config(model, name)
     for p in model.parameters():
         p.requires_grad_(False)
-    for _, layer in lora_layers(model):
-        if name in layer.adapter_names:
-            for p in layer.adapter_parameters(name):
-                p.requires_grad_(True)
-    for _, wrapper in saved_modules(model):
-        if name in wrapper.adapter_names:
-            wrapper.modules_to_save[name].requires_grad_(True)
+    _set_adapter_grad(model, name, True)
     for _, p in trainable_biases(model, name, config):
         p.requires_grad_(True)
 
