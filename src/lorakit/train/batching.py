@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -22,7 +23,7 @@ class Sample:
     input_ids: list[int]
     labels: list[int]
 
-    @property
+    @cached_property  # read for every batch of every step: count once
     def target_tokens(self) -> int:
         """Tokens the loss predicts (a label at position 0 has no context and is never predicted)."""
         return sum(label != IGNORE for label in self.labels[1:])
