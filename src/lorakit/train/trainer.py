@@ -12,6 +12,8 @@ import json
 import math
 import os
 import random
+import resource
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +81,14 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far: GPU tensors on CUDA, the whole process's resident set (weights, activations,
+    optimizer state and Python itself) on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -210,8 +220,6 @@ class Trainer:
         staging = ckpt.staging_dir(self.output, step)
         if self.procs.main:
             if staging.exists():
-                import shutil
-
                 shutil.rmtree(staging)
             staging.mkdir(parents=True)
         self.procs.barrier()
@@ -284,7 +292,7 @@ class Trainer:
             elapsed = time.perf_counter() - started
             last = {"step": step + 1, "epoch": (step + 1) / self.steps_per_epoch, "loss": loss,
                     "lr": self.schedule.get_last_lr()[0], "tokens": tokens, "tokens_per_s": tokens_seen / elapsed,
-                    "elapsed_s": elapsed}
+                    "elapsed_s": elapsed, "peak_mem_mb": peak_memory_mb(self.device)}
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{last['lr']:.1e}", tok_s=f"{last['tokens_per_s']:.0f}")
             if procs.main and ((step + 1) % config.log_every == 0 or step + 1 == self.total_steps):
                 self.log.append(last)
@@ -292,15 +300,29 @@ class Trainer:
                 self.save_checkpoint(step + 1)
         bar.close()
         self.model.eval()
+        summary = {"steps": self.total_steps, "steps_this_session": self.total_steps - start_step,
+                   "final_loss": last.get("loss"), "seconds": time.perf_counter() - started,
+                   "tokens_per_s": last.get("tokens_per_s"), "peak_mem_mb": peak_memory_mb(self.device),
+                   "trainable_params": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+                   "total_params": sum(p.numel() for p in self.model.parameters()),
+                   "device": str(self.device), "processes": procs.world_size, "output": str(self.output)}
         if procs.main:
             self.save_result()
+            summary["saved_bytes"] = sum(f.stat().st_size for f in self.result_dir().rglob("*") if f.is_file())
+            (self.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         procs.barrier()
-        return {"steps": self.total_steps, "final_loss": last.get("loss"), "seconds": time.perf_counter() - started,
-                "tokens_per_s": last.get("tokens_per_s"), "output": str(self.output)}
+        return summary
+
+    def result_dir(self) -> Path:
+        return self.output / ("model" if self.config.full_finetune else "adapter")
 
     def save_result(self) -> None:
-        if self.config.full_finetune:
-            self.model.save_pretrained(self.output / "model", safe_serialization=True)
-            self.tokenizer.save_pretrained(self.output / "model")
+        if self.config.full_finetune:  # written beside, then renamed: never a half-written model folder
+            staging = self.output / ".model.partial"
+            if staging.exists():
+                shutil.rmtree(staging)
+            self.model.save_pretrained(staging, safe_serialization=True)
+            self.tokenizer.save_pretrained(staging)
+            staging.rename(self.result_dir())
         else:
-            save_adapter(self.model, self.output / "adapter", name=self.config.task)
+            save_adapter(self.model, self.result_dir(), name=self.config.task)
