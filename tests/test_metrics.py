@@ -220,3 +220,35 @@ def test_cli_webnlg_table_without_java(small_files: tuple[Path, Path], tmp_path:
     out, err = capsys.readouterr()
     assert out.splitlines()[2:] == ["BLEU: 100.0000", "METEOR: n/a (java not found)", "TER: 0.0000"]
     assert "lorakit metrics: warning: java not found" in err
+
+
+def test_evaluate_scores_a_split_by_its_own_references(tmp_path: Path, capsys) -> None:
+    from train_fixtures import write_e2e
+
+    from lorakit.cli import main as lorakit_main
+    from lorakit.data import load_e2e
+    from lorakit.metrics import evaluate_predictions
+
+    root = write_e2e(tmp_path / "data")
+    dev = load_e2e("dev", root)
+    perfect, wrong = tmp_path / "perfect.txt", tmp_path / "wrong.txt"
+    perfect.write_text("\n".join(ex.references[0] for ex in dev) + "\n", encoding="utf-8")
+    wrong.write_text("\n".join("Zizzi is a pub." for _ in dev) + "\n", encoding="utf-8")
+    best, worst = (evaluate_predictions("e2e", "dev", p, root) for p in (perfect, wrong))
+    assert best["BLEU"] == pytest.approx(1.0) and best["ROUGE_L"] == pytest.approx(1.0)
+    assert worst["BLEU"] < 0.5 and worst["ROUGE_L"] < best["ROUGE_L"]
+
+    refs = tmp_path / "refs.txt"
+    args = ["evaluate", str(perfect), "--task", "e2e", "--data", str(root), "--json", "--write-refs", str(refs)]
+    assert lorakit_main(args) == 0
+    assert json.loads(capsys.readouterr().out)["BLEU"] == 1.0
+    assert read_e2e_refs(refs) == [list(ex.references) for ex in dev]  # the layout `metrics e2e` reads
+
+    short = tmp_path / "short.txt"
+    short.write_text("one line\n", encoding="utf-8")
+    assert lorakit_main(["evaluate", str(short), "--task", "e2e", "--data", str(root)]) == 2
+    assert f"{short}: 1 hypothesis lines, but the references have {len(dev)} inputs" in capsys.readouterr().err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("", encoding="utf-8")
+    assert lorakit_main(["evaluate", str(empty), "--task", "e2e", "--data", str(root)]) == 2
+    assert "empty.txt: hypotheses file is empty" in capsys.readouterr().err

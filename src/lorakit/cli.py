@@ -87,10 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
 
     from .decode.cli import add_generate_parser
-    from .metrics.cli import add_metrics_parser
+    from .metrics.cli import add_evaluate_parser, add_metrics_parser
 
     add_generate_parser(sub)
     add_metrics_parser(sub)
+    add_evaluate_parser(sub)
 
     models = sub.add_parser("models", help="list the short model names and where their weights come from")
     models.set_defaults(func=_models)

@@ -14,7 +14,7 @@ import importlib
 from typing import Any
 
 _WHERE = {
-    "E2E_METRICS": "e2e", "e2e_scores": "e2e",
+    "E2E_METRICS": "e2e", "e2e_scores": "e2e", "evaluate_predictions": "evaluate", "write_references": "evaluate",
     "Meteor15": "coco",
     "MetricsFileError": "files", "MetricsWarning": "files", "read_e2e_refs": "files", "read_hypotheses": "files",
     "corpus_bleu": "mteval", "corpus_nist": "mteval",

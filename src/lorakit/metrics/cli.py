@@ -26,15 +26,63 @@ def _run(args: argparse.Namespace) -> int:
         scores = (e2e_scores if args.benchmark == "e2e" else webnlg_scores)(hypotheses, references)
     for warning in caught:  # one clean line each instead of Python's file:line warning format
         print(f"lorakit metrics: warning: {warning.message}", file=sys.stderr)
-    # Four decimals, as the E2E scorer prints them; None (METEOR without Java) stays visible as missing.
-    shown: dict[str, Any] = {k: None if v is None else round(v, 4) for k, v in scores.items()}
-    if args.json:
-        print(json.dumps(shown))
-    else:
-        print("SCORES:\n==============")
-        for name, value in shown.items():
-            print(f"{name}: {'n/a (java not found)' if value is None else f'{value:.4f}'}")
+    _print_scores(scores, args.json)
     return 0
+
+
+def _print_scores(scores: dict[str, Any], as_json: bool) -> None:
+    """Four decimals, as the E2E scorer prints them; None (METEOR without Java) stays visible as missing."""
+    def rounded(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: rounded(v) for k, v in value.items()}
+        return None if value is None else round(value, 4)
+
+    shown = rounded(scores)
+    if as_json:
+        print(json.dumps(shown))
+        return
+    groups = shown if all(isinstance(v, dict) for v in shown.values()) else {"": shown}
+    for group, values in groups.items():
+        print(f"SCORES{f' ({group})' if group else ''}:\n==============")
+        for name, value in values.items():
+            print(f"{name}: {'n/a (java not found)' if value is None else f'{value:.4f}'}")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    try:
+        from .evaluate import evaluate_predictions, write_references
+        from .files import MetricsWarning
+    except ModuleNotFoundError as err:
+        raise RuntimeError(f"{err.name} is not installed: pip install 'lorakit[metrics]'") from None
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MetricsWarning)
+        scores = evaluate_predictions(args.task, args.split, args.predictions, args.data)
+    for warning in caught:
+        print(f"lorakit evaluate: warning: {warning.message}", file=sys.stderr)
+    if args.write_refs:
+        count = write_references(args.task, args.split, args.write_refs, args.data)
+        print(f"wrote the references of {count} inputs to {args.write_refs}", file=sys.stderr)
+    _print_scores(scores, args.json)
+    return 0
+
+
+def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``evaluate``: a predictions file against a dataset split's references."""
+    evaluate = subparsers.add_parser(
+        "evaluate", help="score a predictions file against a dataset split's references",
+        description="Score one prediction per line (in the split's order, as `lorakit generate` writes them) "
+                    "with the task's official metrics: E2E BLEU/NIST/METEOR/ROUGE_L/CIDEr, WebNLG BLEU/METEOR/TER "
+                    "by seen/unseen/all category, DART BLEU/METEOR/TER.")
+    evaluate.add_argument("predictions", help="one prediction per line")
+    evaluate.add_argument("--task", required=True, choices=["e2e", "webnlg", "dart"])
+    evaluate.add_argument("--split", default="dev", help="(default: dev)")
+    evaluate.add_argument("--data", help="data folder (default: $LORAKIT_DATA)")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    evaluate.add_argument("--write-refs", metavar="PATH",
+                          help="also write the split's references in the e2e-metrics layout to PATH")
+    evaluate.set_defaults(func=_evaluate)
+    return evaluate
 
 
 def add_metrics_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
