@@ -37,15 +37,33 @@ def _train(args: argparse.Namespace) -> int:
         print(f"done: {summary['steps']} steps in {summary['seconds']:.0f} s"
               + (f", final loss {loss:.3f}, {speed:.0f} tokens/s" if loss is not None else "")
               + f"; run folder {summary['output']}")
-        if config.samples:
+        task = get_task(config.task)
+        if task.model_kind == "sequence-classification":
+            _score_dev(trainer, config)
+        elif config.samples:
             from .samples import show_generations
 
             print(f"\ngreedy generations on {config.task} dev:")
             try:
-                show_generations(trainer.model, trainer.tokenizer, get_task(config.task), config.data, config.samples)
+                show_generations(trainer.model, trainer.tokenizer, task, config.data, config.samples)
             except (OSError, ValueError) as err:  # the run itself succeeded and is saved
                 print(f"  (no dev generations: {err})")
     return 0
+
+
+def _score_dev(trainer, config: TrainConfig) -> None:
+    """GLUE runs end with the dev metrics, saved beside the adapter as ``dev_scores.json``."""
+    import json
+
+    from .nlu import evaluate_glue
+
+    try:
+        scores = evaluate_glue(trainer.model, trainer.tokenizer, config.task, "dev", config.data)
+    except (OSError, ValueError) as err:  # the run itself succeeded and is saved
+        print(f"  (no dev scores: {err})")
+        return
+    (trainer.output / "dev_scores.json").write_text(json.dumps(scores) + "\n")
+    print(f"{config.task} dev: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -88,10 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .decode.cli import add_generate_parser
     from .metrics.cli import add_evaluate_parser, add_metrics_parser
+    from .nlu.cli import add_benchmark_parser, add_predict_parser
 
     add_generate_parser(sub)
     add_metrics_parser(sub)
     add_evaluate_parser(sub)
+    add_predict_parser(sub)
+    add_benchmark_parser(sub)
 
     models = sub.add_parser("models", help="list the short model names and where their weights come from")
     models.set_defaults(func=_models)

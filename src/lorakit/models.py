@@ -411,7 +411,8 @@ def load_model(
     _check_task(name_or_path, task)
     resolved = resolve_model(name_or_path, cache_dir=kw.get("cache_dir"))
     loader = (AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification).from_pretrained
-    head = {"num_labels": num_labels} if num_labels is not None else {}
+    # a new head of num_labels outputs replaces whatever head a folder was saved with (a new task)
+    head = {"num_labels": num_labels, "ignore_mismatched_sizes": True} if num_labels is not None else {}
     model = _from_pretrained(loader, resolved, is_model=True, **_dtype_kwargs(dtype), **head, **kw)
     tokenizer_kw = {k: kw[k] for k in _HUB_KEYS if k in kw}
     tokenizer = load_tokenizer(resolved, padding_side=padding_side, **tokenizer_kw)

@@ -1,12 +1,25 @@
-"""Tasks tie a dataset to how the model sees it: adding one is a short declaration here."""
+"""Tasks tie a dataset to how the model sees it and learns it: adding one is a short declaration here.
+
+Data-to-text (E2E, WebNLG, DART) trains a causal LM on prompt -> text; GLUE trains a sequence
+classification (or regression) head. The trainer asks a task for its model head, samples and loss.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
+
+from torch import nn
 
 from .data import Example, load_dart, load_e2e, load_webnlg, training_pairs
+from .data.glue import GLUE_TASKS, GlueExample, GlueSpec, load_glue
+from .train.batching import ClassificationSample, Sample, tokenize_pairs
+from .train.loss import CausalLMLoss, SequenceClassificationLoss
+
+# Names Hugging Face gives the classification head (BERT/RoBERTa/DeBERTa "classifier", GPT-2/Llama "score").
+HEAD_NAMES = ("classifier", "score")
 
 
 @dataclass(frozen=True)
@@ -16,6 +29,8 @@ class NLGTask:
     name: str
     load: Callable[..., list[Example]]
     description: str
+    model_kind: Literal["causal-lm"] = "causal-lm"
+    num_labels: None = None
 
     def prompt(self, source: str) -> str:
         return f"{source}\n"
@@ -27,15 +42,72 @@ class NLGTask:
         """(prompt, target): one pair per reference."""
         return [(self.prompt(source), target) for source, target in training_pairs(self.examples("train", root))]
 
+    def train_samples(self, tokenizer, root: str | os.PathLike | None, max_length: int) -> list[Sample]:
+        return tokenize_pairs(tokenizer, self.train_pairs(root), max_length)
 
-TASKS: dict[str, NLGTask] = {
+    def loss(self, model: nn.Module, label_smoothing: float = 0.0) -> nn.Module:
+        return CausalLMLoss(model, label_smoothing)
+
+    def modules_to_save(self, model: nn.Module) -> list[str] | None:
+        return None
+
+
+@dataclass(frozen=True)
+class GLUETask:
+    """A GLUE task: a classification head (or a one-output regression head for STS-B) on an encoder, trained
+    fully and saved inside the adapter (PEFT's ``modules_to_save``)."""
+
+    name: str
+    spec: GlueSpec
+    model_kind: Literal["sequence-classification"] = "sequence-classification"
+
+    @property
+    def description(self) -> str:
+        return f"GLUE {self.spec.folder} ({', '.join(self.spec.metrics)})"
+
+    @property
+    def num_labels(self) -> int:
+        return self.spec.num_labels
+
+    def examples(self, split: str, root: str | os.PathLike | None = None) -> list[GlueExample]:
+        return load_glue(self.name, split, root)
+
+    def encode(self, tokenizer, examples: Sequence[GlueExample], max_length: int) -> list[ClassificationSample]:
+        """Token ids the way the encoder was pre-trained on pairs ([CLS] a [SEP] b [SEP] for BERT)."""
+        pairs = [e.text_b for e in examples] if examples and examples[0].text_b is not None else None
+        enc = tokenizer([e.text_a for e in examples], pairs, truncation=True, max_length=max_length)
+        types = enc.get("token_type_ids")
+        return [ClassificationSample(ids, None if types is None else types[i],
+                                     0 if e.label is None else e.label)  # test files: a placeholder, never learned
+                for i, (ids, e) in enumerate(zip(enc["input_ids"], examples, strict=True))]
+
+    def train_samples(self, tokenizer, root: str | os.PathLike | None, max_length: int
+                      ) -> list[ClassificationSample]:
+        return self.encode(tokenizer, self.examples("train", root), max_length)
+
+    def loss(self, model: nn.Module, label_smoothing: float = 0.0) -> nn.Module:
+        return SequenceClassificationLoss(model)
+
+    def modules_to_save(self, model: nn.Module) -> list[str]:
+        """The freshly initialised head must be trained and saved with the adapter."""
+        names = [n for n, _ in model.named_children() if n in HEAD_NAMES]
+        if not names:
+            raise ValueError(f"{type(model).__name__} has no classification head named {' or '.join(HEAD_NAMES)}")
+        return names
+
+
+Task = NLGTask | GLUETask
+
+TASKS: dict[str, Task] = {
     "e2e": NLGTask("e2e", load_e2e, "E2E NLG Challenge (restaurant meaning representations)"),
     "webnlg": NLGTask("webnlg", load_webnlg, "WebNLG 2017 (DBpedia triples)"),
     "dart": NLGTask("dart", load_dart, "DART (open-domain triples)"),
+    **{name: GLUETask(name, spec) for name, spec in GLUE_TASKS.items()},
 }
 
 
-def get_task(name: str) -> NLGTask:
-    if name not in TASKS:
+def get_task(name: str) -> Task:
+    key = name.lower().replace("-", "")
+    if key not in TASKS:
         raise ValueError(f"unknown task {name!r}; available: {', '.join(TASKS)}")
-    return TASKS[name]
+    return TASKS[key]

@@ -113,11 +113,14 @@ def _read_weights(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
 
 
 def load_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "default",
-                 activate: bool = True) -> LoraConfig:
+                 activate: bool = True, head_size_from_file: bool = False) -> LoraConfig:
     """Add the adapter saved in ``directory`` (by lorakit or PEFT) to ``model`` as ``name``.
 
     All or nothing: on any error (unreadable file, other architecture, missing/unexpected key, wrong
     shape) the model is left exactly as it was and the error names the file and tensor.
+
+    ``head_size_from_file``: a ``modules_to_save`` Linear (a classification head) takes the number of
+    outputs saved in the file, so one base model can hold task adapters with 1, 2 or 3 labels at once.
     """
     config, tensors, meta = read_adapter(directory)
     source = str(Path(directory) / WEIGHTS_NAME)
@@ -131,5 +134,25 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "de
             add_adapter(model, config, name, activate=activate)
         except (ValueError, TypeError) as err:
             raise AdapterMismatchError(f"{source}: {err}") from err
+        if head_size_from_file:
+            _resize_heads(model, name, tensors)
         load_adapter_state_dict(model, tensors, name, source=source)
     return config
+
+
+def _resize_heads(model: nn.Module, name: str, tensors: dict[str, torch.Tensor]) -> None:
+    from ..lora.model import saved_modules
+    from ..lora.state import PEFT_PREFIX
+
+    for path, wrapper in saved_modules(model):
+        head = wrapper.modules_to_save[name] if name in wrapper.adapter_names else None
+        saved = tensors.get(f"{PEFT_PREFIX}{path}.weight")
+        if not isinstance(head, nn.Linear) or saved is None or saved.ndim != 2 or saved.shape == head.weight.shape:
+            continue
+        if saved.shape[1] != head.in_features:
+            continue  # a different input size is a real mismatch: the state check reports it
+        new = nn.Linear(head.in_features, saved.shape[0], bias=head.bias is not None,
+                        device=head.weight.device, dtype=head.weight.dtype)
+        new.train(head.training)
+        new.requires_grad_(head.weight.requires_grad)
+        wrapper.modules_to_save[name] = new

@@ -1,5 +1,5 @@
-"""Data-to-text datasets of the LoRA paper's NLG experiments (E2E NLG, WebNLG 2017, DART), read from
-their official distribution files under a data root (``--data`` or ``$LORAKIT_DATA``)."""
+"""The LoRA paper's datasets read from their official distribution files under a data root (``--data`` or
+``$LORAKIT_DATA``): data-to-text (E2E NLG, WebNLG 2017, DART) and GLUE."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from .common import (
 from .dart import DART_BASE_URL, download_dart, load_dart, read_dart_json
 from .download import DownloadError, fetch_file
 from .e2e import E2E_BASE_URL, download_e2e, linearize_e2e, load_e2e, parse_mr, read_e2e_csv
+from .glue import GLUE_TASKS, GlueExample, GlueSpec, glue_spec, load_glue, read_glue_tsv
 from .webnlg import (
     SEEN_CATEGORIES,
     UNSEEN_CATEGORIES,
@@ -42,6 +43,7 @@ __all__ = [
     "DART_BASE_URL",
     "DATA_ENV",
     "E2E_BASE_URL",
+    "GLUE_TASKS",
     "LOADERS",
     "SEEN_CATEGORIES",
     "UNSEEN_CATEGORIES",
@@ -50,21 +52,26 @@ __all__ = [
     "DataRootError",
     "DownloadError",
     "Example",
+    "GlueExample",
+    "GlueSpec",
     "count_references",
     "data_root",
     "download_dart",
     "download_e2e",
     "download_webnlg",
     "fetch_file",
+    "glue_spec",
     "linearize_e2e",
     "linearize_triples",
     "load_dart",
     "load_e2e",
+    "load_glue",
     "load_nlg",
     "load_webnlg",
     "parse_mr",
     "read_dart_json",
     "read_e2e_csv",
+    "read_glue_tsv",
     "read_webnlg_xml",
     "training_pairs",
 ]

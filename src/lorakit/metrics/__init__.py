@@ -1,5 +1,5 @@
-"""Official NLG metrics over plain strings: E2E (BLEU, NIST, METEOR, ROUGE-L, CIDEr) and WebNLG/DART
-(BLEU, METEOR, TER), computed the way the challenges' scorers and the LoRA paper compute them.
+"""Official metrics: E2E (BLEU, NIST, METEOR, ROUGE-L, CIDEr), WebNLG/DART
+(BLEU, METEOR, TER) and GLUE, computed the way the official scorers and the LoRA paper compute them.
 
 METEOR and the E2E scorer's tokenizer are Java programs (shipped inside pycocoevalcap); without Java,
 METEOR is reported as None with a :class:`MetricsWarning` and everything else is still computed.
@@ -15,6 +15,7 @@ from typing import Any
 
 _WHERE = {
     "E2E_METRICS": "e2e", "e2e_scores": "e2e", "evaluate_predictions": "evaluate", "write_references": "evaluate",
+    "glue_metric": "glue", "glue_scores": "glue",
     "Meteor15": "coco",
     "MetricsFileError": "files", "MetricsWarning": "files", "read_e2e_refs": "files", "read_hypotheses": "files",
     "corpus_bleu": "mteval", "corpus_nist": "mteval",

@@ -1,9 +1,9 @@
-"""The training engine shared by every task: batching, the target-only loss, the loop, checkpoints."""
+"""The training engine shared by every task: batching, the losses, the loop, checkpoints."""
 
-from .batching import Sample, collate, padding_fraction, plan_batches, tokenize_pairs
+from .batching import ClassificationSample, Sample, collate, padding_fraction, plan_batches, tokenize_pairs
 from .config import TrainConfig
-from .loss import CausalLMLoss
+from .loss import CausalLMLoss, SequenceClassificationLoss
 from .trainer import Trainer, TrainingDiverged
 
-__all__ = ["CausalLMLoss", "Sample", "TrainConfig", "Trainer", "TrainingDiverged", "collate", "padding_fraction",
-           "plan_batches", "tokenize_pairs"]
+__all__ = ["CausalLMLoss", "ClassificationSample", "Sample", "SequenceClassificationLoss", "TrainConfig", "Trainer",
+           "TrainingDiverged", "collate", "padding_fraction", "plan_batches", "tokenize_pairs"]

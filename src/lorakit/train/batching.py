@@ -29,6 +29,17 @@ class Sample:
         return sum(label != IGNORE for label in self.labels[1:])
 
 
+@dataclass(frozen=True)
+class ClassificationSample:
+    """A sentence or sentence pair and its class id (or score, for regression): one loss term per example,
+    so ``target_tokens`` (what the trainer normalises the loss by) is 1."""
+
+    input_ids: list[int]
+    token_type_ids: list[int] | None
+    label: int | float
+    target_tokens: int = 1
+
+
 def tokenize_pairs(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int = 256) -> list[Sample]:
     """Prompt + target + EOS, cut at ``max_length`` tokens (the prompt is kept whole where possible)."""
     prompts = tokenizer([p for p, _ in pairs], add_special_tokens=False)["input_ids"]
@@ -74,7 +85,9 @@ def shard(batch: list[int], rank: int, world_size: int) -> list[int]:
     return batch[rank::world_size]
 
 
-def collate(samples: Sequence[Sample], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(samples: Sequence[Sample] | Sequence[ClassificationSample], pad_id: int) -> dict[str, torch.Tensor]:
+    if isinstance(samples[0], ClassificationSample):
+        return collate_classification(samples, pad_id)
     width = max(len(s.input_ids) for s in samples)
     ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(samples), width), IGNORE, dtype=torch.long)
@@ -85,6 +98,25 @@ def collate(samples: Sequence[Sample], pad_id: int) -> dict[str, torch.Tensor]:
         labels[row, :n] = torch.tensor(s.labels)
         mask[row, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def collate_classification(samples: Sequence[ClassificationSample], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(s.input_ids) for s in samples)
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(samples), width), dtype=torch.long)
+    types = torch.zeros((len(samples), width), dtype=torch.long)
+    for row, s in enumerate(samples):
+        n = len(s.input_ids)
+        ids[row, :n] = torch.tensor(s.input_ids)
+        mask[row, :n] = 1
+        if s.token_type_ids is not None:
+            types[row, :n] = torch.tensor(s.token_type_ids)
+    regression = isinstance(samples[0].label, float)
+    labels = torch.tensor([s.label for s in samples], dtype=torch.float32 if regression else torch.long)
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if samples[0].token_type_ids is not None:
+        batch["token_type_ids"] = types
+    return batch
 
 
 def padding_fraction(samples: Sequence[Sample], batches: Sequence[Sequence[int]]) -> float:

@@ -1,7 +1,8 @@
-"""The training objective as a module (so DDP can wrap it): summed cross-entropy on target tokens only.
+"""Training objectives as modules (so DDP can wrap them), each returning a sum and its count.
 
-The output projection of a causal LM (49k x 576 for SmolLM2, about a quarter of its forward FLOPs) is
-applied only where a label exists, not on prompt and padding positions whose logits no loss would use.
+Causal LM: cross-entropy on target tokens only. The output projection (49k x 576 for SmolLM2, about a
+quarter of its forward FLOPs) is applied only where a label exists, not on prompt and padding positions
+whose logits no loss would use.
 """
 
 from __future__ import annotations
@@ -47,3 +48,22 @@ class CausalLMLoss(nn.Module):
             logits = logits[:, :-1][keep]
         loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum", label_smoothing=self.label_smoothing)
         return loss, keep.sum()
+
+
+class SequenceClassificationLoss(nn.Module):
+    """``forward(batch) -> (summed loss over examples, number of examples)``: cross-entropy over classes, or
+    squared error for a single-output regression head (STS-B), as Hugging Face's heads compute them."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits.float()
+        if logits.shape[-1] == 1:
+            loss = F.mse_loss(logits.squeeze(-1), labels.float(), reduction="sum")
+        else:
+            loss = F.cross_entropy(logits, labels, reduction="sum")
+        return loss, torch.tensor(len(labels), device=logits.device)

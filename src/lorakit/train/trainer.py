@@ -26,10 +26,9 @@ from tqdm import tqdm
 from .. import lora
 from ..adapters import save_adapter
 from . import checkpoint as ckpt
-from .batching import Sample, collate, plan_batches, shard, tokenize_pairs
+from .batching import Sample, collate, plan_batches, shard
 from .config import TrainConfig
 from .logs import MetricsLog, plot_loss
-from .loss import CausalLMLoss
 
 
 class TrainingDiverged(RuntimeError):
@@ -110,23 +109,22 @@ def make_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def prepare_model(config: TrainConfig, model: nn.Module) -> nn.Module:
+def prepare_model(config: TrainConfig, model: nn.Module, task) -> nn.Module:
     if config.full_finetune:
         model.requires_grad_(True)
         return model
+    head = task.modules_to_save(model)
     lora_config = lora.LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
-                                  target_modules=config.targets, use_rslora=config.rslora,
-                                  base_model_name_or_path=config.model)
+                                  target_modules=config.targets, use_rslora=config.rslora, modules_to_save=head,
+                                  task_type="SEQ_CLS" if head else "CAUSAL_LM", base_model_name_or_path=config.model)
     return lora.add_adapter(model, lora_config, name=config.task)
 
 
-def training_samples(config: TrainConfig, tokenizer) -> list[Sample]:
-    from ..tasks import get_task
-
-    pairs = get_task(config.task).train_pairs(config.data)
-    if config.max_train_examples is not None and config.max_train_examples < len(pairs):
-        pairs = random.Random(config.seed).sample(pairs, config.max_train_examples)
-    return tokenize_pairs(tokenizer, pairs, config.max_length)
+def training_samples(config: TrainConfig, tokenizer, task) -> list[Sample]:
+    samples = task.train_samples(tokenizer, config.data, config.max_length)
+    if config.max_train_examples is not None and config.max_train_examples < len(samples):
+        samples = random.Random(config.seed).sample(samples, config.max_train_examples)
+    return samples
 
 
 class Trainer:
@@ -134,26 +132,28 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, model: nn.Module | None = None, tokenizer=None) -> None:
         from ..models import load_model
+        from ..tasks import get_task
 
         self.config = config
+        self.task = get_task(config.task)
         self.procs = Processes.from_env()
         self.device = pick_device(self.procs)
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         if model is None:
-            model, tokenizer = load_model(config.model)
+            model, tokenizer = load_model(config.model, self.task.model_kind, num_labels=self.task.num_labels)
         self.tokenizer = tokenizer
-        self.model = prepare_model(config, model).to(self.device)
+        self.model = prepare_model(config, model, self.task).to(self.device)
         if config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.samples = training_samples(config, tokenizer)
+        self.samples = training_samples(config, tokenizer, self.task)
         if config.batch_size < self.procs.world_size:
             raise ValueError(f"batch_size {config.batch_size} is smaller than the {self.procs.world_size} processes")
         self.steps_per_epoch = len(self.samples) // config.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(self.samples)} training examples do not fill one batch of {config.batch_size}")
         self.total_steps = config.max_steps or math.ceil(config.epochs * self.steps_per_epoch)
-        loss = CausalLMLoss(self.model, config.label_smoothing)
+        loss = self.task.loss(self.model, config.label_smoothing)
         if self.procs.world_size > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             loss = nn.parallel.DistributedDataParallel(loss, device_ids=device_ids)

@@ -1,0 +1,263 @@
+"""GLUE: loaders for all eight tasks on files in the official format, metrics, training and prediction with
+a task head saved in the adapter, and several task adapters in one model."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import shared_data_dir
+from transformers import BertConfig, BertForSequenceClassification
+
+from lorakit.cli import main as lorakit_main
+from lorakit.data import DataFormatError, load_glue
+from lorakit.metrics import glue_metric, glue_scores
+from lorakit.models import load_tokenizer
+from lorakit.nlu import evaluate_glue, load_classifier, predict_logits
+from lorakit.nlu.multitask import MultiTaskClassifier
+
+# One header (or none, for CoLA) and rows per task, as the official GLUE TSVs have them.
+ROWS = {
+    "CoLA/train.tsv": ["gj04\t1\t\tThe sailors rode the breeze clear of the rocks.", "gj04\t0\t*\tThe more we."],
+    "SST-2/train.tsv": ["sentence\tlabel", "a charming and \"affecting journey \t1", "bleak and desperate \t0"],
+    "MRPC/train.tsv": ["\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String", "1\t1\t2\tHe said so.\t\"He said so."],
+    "STS-B/train.tsv": ["index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore",
+                        "0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tA plane takes off.\t"
+                        "A plane flies.\t4.200"],
+    "QQP/train.tsv": ["id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate", "7\t15\t16\tHow?\tWhy?\t0"],
+    "MNLI/train.tsv": ["index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\t"
+                       "sentence1_parse\tsentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label",
+                       "0\t1\t1n\tgov\t(a)\t(b)\t(A)\t(B)\tCats sleep.\tCats rest.\tneutral\tneutral"],
+    "MNLI/dev_mismatched.tsv": ["index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\t"
+                                "sentence1_parse\tsentence2_parse\tsentence1\tsentence2\tlabel1\tlabel2\tlabel3\t"
+                                "label4\tlabel5\tgold_label",
+                                "0\t1\t1c\tgov\t(a)\t(b)\t(A)\t(B)\tIt is.\tIt is not.\tcontradiction\tc\tc\tc\tc\t"
+                                "contradiction"],
+    "QNLI/train.tsv": ["index\tquestion\tsentence\tlabel", "0\tWho?\tHe did.\tentailment"],
+    "RTE/train.tsv": ["index\tsentence1\tsentence2\tlabel", "0\tA man sleeps.\tA man is awake.\tnot_entailment"],
+    "RTE/test.tsv": ["index\tsentence1\tsentence2", "0\tA man sleeps.\tA man rests."],
+    "CoLA/test.tsv": ["index\tsentence", "0\tThe more we.", "1\tWe laughed."],
+}
+EXPECTED = {  # task, split, (text_a, text_b, label) of the first example
+    ("cola", "train"): ("The sailors rode the breeze clear of the rocks.", None, 1),
+    ("sst2", "train"): ("a charming and \"affecting journey ", None, 1),
+    ("mrpc", "train"): ("He said so.", "\"He said so.", 1),
+    ("stsb", "train"): ("A plane takes off.", "A plane flies.", 4.2),
+    ("qqp", "train"): ("How?", "Why?", 0),
+    ("mnli", "train"): ("Cats sleep.", "Cats rest.", 1),
+    ("mnli", "dev_mismatched"): ("It is.", "It is not.", 2),
+    ("qnli", "train"): ("Who?", "He did.", 0),
+    ("rte", "train"): ("A man sleeps.", "A man is awake.", 1),
+    ("rte", "test"): ("A man sleeps.", "A man rests.", None),
+    ("cola", "test"): ("The more we.", None, None),
+}
+
+
+def write_glue(root: Path, files: dict[str, list[str]]) -> Path:
+    for name, lines in files.items():
+        path = root / "glue" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+@pytest.mark.parametrize(("task", "split"), sorted(EXPECTED))
+def test_every_task_reads_its_official_format(tmp_path: Path, task: str, split: str) -> None:
+    root = write_glue(tmp_path, ROWS)
+    first = load_glue(task, split, root)[0]
+    assert (first.text_a, first.text_b, first.label) == EXPECTED[(task, split)]
+
+
+@pytest.mark.parametrize(("file", "line", "message"), [
+    ("RTE/train.tsv", "index\tsentence1\tlabel", "header has no column 'sentence2'"),
+    ("RTE/train.tsv", "0\tA man sleeps.\tnot_entailment", "line 2: 3 tab-separated fields, expected 4"),
+    ("RTE/train.tsv", "0\tA.\tB.\tmaybe", "line 2: unknown label 'maybe' for rte"),
+    ("STS-B/train.tsv", "0\tg\tf\ty\to\ts\ts\tA.\tB.\tfive", "line 2: score 'five' is not a number"),
+    ("CoLA/train.tsv", "gj04\t1", "line 1: 2 tab-separated fields, expected 4"),
+])
+def test_bad_rows_name_file_and_line(tmp_path: Path, file: str, line: str, message: str) -> None:
+    rows = dict(ROWS)
+    header = [] if file.startswith("CoLA") else ROWS[file][:1]
+    rows[file] = [line] if "header" in message else [*header, line]
+    root = write_glue(tmp_path, rows)
+    task = {"RTE": "rte", "STS-B": "stsb", "CoLA": "cola"}[file.split("/")[0]]
+    with pytest.raises(DataFormatError) as err:
+        load_glue(task, "train", root)
+    assert str(tmp_path / "glue" / file) in str(err.value) and message in str(err.value)
+
+
+def test_real_glue_files_load() -> None:
+    root = shared_data_dir()
+    if root is None or not (root / "glue").is_dir():
+        pytest.skip("shared GLUE data not found")
+    counts = {("cola", "train"): 8551, ("cola", "dev"): 1043, ("sst2", "train"): 67349, ("sst2", "dev"): 872,
+              ("mrpc", "train"): 3668, ("mrpc", "dev"): 408, ("stsb", "train"): 5749, ("stsb", "dev"): 1500,
+              ("rte", "train"): 2490, ("rte", "dev"): 277, ("qnli", "dev"): 5463}
+    for (task, split), n in counts.items():
+        assert len(load_glue(task, split, root)) == n, (task, split)
+
+
+def test_metrics_by_hand() -> None:
+    gold, pred = [1, 1, 0, 0, 1, 0], [1, 0, 0, 1, 1, 0]
+    tp, tn, fp, fn = 2, 2, 1, 1
+    mcc = (tp * tn - fp * fn) / math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    assert glue_metric("matthews", pred, gold) == pytest.approx(100 * mcc)
+    assert glue_metric("accuracy", pred, gold) == pytest.approx(100 * 4 / 6)
+    assert glue_metric("f1", pred, gold) == pytest.approx(100 * 2 * tp / (2 * tp + fp + fn))
+    x, y = [1.0, 2.0, 4.0], [2.0, 4.0, 7.0]  # monotone (Spearman 1) but not linear
+    mx, my = sum(x) / 3, sum(y) / 3
+    cov = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
+    pearson = cov / math.sqrt(sum((a - mx) ** 2 for a in x) * sum((b - my) ** 2 for b in y))
+    assert pearson < 0.999
+    assert glue_scores("stsb", x, y) == pytest.approx({"pearson": 100 * pearson, "spearman": 100.0}, rel=1e-9)
+    with pytest.raises(ValueError, match="3 predictions for 2 labels"):
+        glue_metric("accuracy", [0, 1, 1], [0, 1])
+
+
+# ---------------------------------------------------------------------------------------- training
+
+
+def write_sentiment(root: Path, train: int = 96, dev: int = 24, seed: int = 0) -> Path:
+    """SST-2/RTE/STS-B files whose label follows from a word, so a short run can learn them."""
+    rng = random.Random(seed)
+    good, bad = ["great", "lovely", "fine", "superb"], ["awful", "dull", "poor", "bad"]
+    files: dict[str, list[str]] = {}
+    for split, n in (("train", train), ("dev", dev)):
+        sst, rte, sts = ["sentence\tlabel"], ["index\tsentence1\tsentence2\tlabel"], [ROWS["STS-B/train.tsv"][0]]
+        for i in range(n):
+            y = rng.random() < 0.5
+            word = rng.choice(good if y else bad)
+            sst.append(f"the film was {word} .\t{int(y)}")
+            rte.append(f"{i}\tThe film was {word}.\tThe film was {'good' if y else 'bad'}.\t"
+                       f"{'entailment' if y else 'not_entailment'}")
+            sts.append(f"{i}\tg\tf\ty\to\ts\ts\tThe film was {word}.\tThe film was good.\t{4.5 if y else 0.5}")
+        files.update({f"SST-2/{split}.tsv": sst, f"RTE/{split}.tsv": rte, f"STS-B/{split}.tsv": sts})
+    files["SST-2/test.tsv"] = ["index\tsentence", "0\tthe film was superb .", "1\tthe film was dull ."]
+    return write_glue(root, files)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A 2-layer BERT with all-MiniLM-L6-v2's real WordPiece tokenizer, saved as a model folder."""
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = load_tokenizer("minilm-l6")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def train(root: Path, model: Path | str, task: str, out: Path, *extra: str) -> dict:
+    args = ["train", "--task", task, "--model", str(model), "--data", str(root), "--output", str(out),
+            "--batch-size", "16", "--epochs", "4", "--lr", "3e-3", "--warmup-steps", "2", "--log-every", "4",
+            "--save-every", "1000", *extra]
+    assert lorakit_main(args) == 0
+    return json.loads((out / "dev_scores.json").read_text())
+
+
+def test_train_reload_predict_on_minilm(tmp_path: Path, capsys) -> None:
+    """The real packaged all-MiniLM-L6-v2, LoRA on query/value plus the head, end to end."""
+    root = write_sentiment(tmp_path / "data")
+    scores = train(root, "minilm-l6", "sst2", tmp_path / "sst2")
+    assert scores["accuracy"] == 100.0  # the label follows from one word: a working loop learns it
+    config = json.loads((tmp_path / "sst2" / "adapter" / "adapter_config.json").read_text())
+    assert config["modules_to_save"] == ["classifier"] and config["task_type"] == "SEQ_CLS"
+
+    # A fresh base (new random head) plus the saved adapter gives the same dev metric and logits.
+    model, tokenizer = load_classifier("minilm-l6", "sst2", tmp_path / "sst2" / "adapter")
+    assert evaluate_glue(model, tokenizer, "sst2", "dev", root) == scores
+
+    sub = tmp_path / "SST-2.tsv"
+    assert lorakit_main(["predict", "--model", "minilm-l6", "--adapter", str(tmp_path / "sst2" / "adapter"),
+                         "--task", "sst2", "--split", "test", "--data", str(root), "--output", str(sub),
+                         "--glue-submission"]) == 0
+    assert sub.read_text().splitlines() == ["index\tprediction", "0\t1", "1\t0"]
+    capsys.readouterr()
+    assert lorakit_main(["predict", "--model", "minilm-l6", "--adapter", str(tmp_path / "sst2" / "adapter"),
+                         "--task", "sst2", "--text", "the film was lovely .", "the film was poor ."]) == 0
+    assert [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()] == ["1", "0"]
+
+
+def test_full_finetune_and_regression_head(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    root = write_sentiment(tmp_path / "data")
+    scores = train(root, tiny_bert_dir, "stsb", tmp_path / "stsb-full", "--full-finetune", "--epochs", "20")
+    assert scores["pearson"] > 90
+    model, tokenizer = load_classifier(str(tmp_path / "stsb-full" / "model"), "stsb")
+    assert model.config.num_labels == 1
+    assert evaluate_glue(model, tokenizer, "stsb", "dev", root) == pytest.approx(scores, abs=1e-9)
+
+
+def test_task_adapters_with_different_heads_share_one_base(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    root = write_sentiment(tmp_path / "data")
+    adapters = {}
+    for task in ("stsb", "rte", "sst2"):  # 1, 2 and 2 outputs
+        train(root, tiny_bert_dir, task, tmp_path / task, "--epochs", "1")
+        adapters[task] = tmp_path / task / "adapter"
+    multi = MultiTaskClassifier(str(tiny_bert_dir), adapters)
+    for task, folder in adapters.items():
+        examples = load_glue(task, "dev", root)
+        alone, tokenizer = load_classifier(str(tiny_bert_dir), task, folder)
+        expected = predict_logits(alone, tokenizer, task, examples)
+        assert torch.equal(multi.logits(task, examples), expected), task
+    # a mixed stream of requests comes back in request order, each from its own task's adapter
+    dev = {t: load_glue(t, "dev", root) for t in adapters}
+    requests = [(t, dev[t][i]) for i in range(3) for t in ("rte", "stsb", "sst2")]
+    got = multi.classify(requests)
+    for (task, example), value in zip(requests, got, strict=True):
+        alone = multi.classify([(task, example)])[0]  # batched alone: other padding, float rounding only
+        assert value == pytest.approx(alone, abs=1e-5)
+    assert multi.switch("rte") < 0.05
+    with pytest.raises(KeyError, match="no adapter for task 'cola'"):
+        multi.switch("cola")
+
+
+def test_benchmark_glue_and_sweep_commands(tmp_path: Path, tiny_bert_dir: Path, capsys) -> None:
+    """The multi-run commands on two tiny tasks: every run is a real `lorakit train` process."""
+    root = write_sentiment(tmp_path / "data", train=32, dev=8)
+    config = tmp_path / "glue.toml"
+    config.write_text(f'model = "{tiny_bert_dir}"\ntasks = ["sst2", "stsb", "qqp"]\nbatch_size = 16\n'
+                      'warmup_steps = 1\nlog_every = 1\n[lora]\nlr = 3e-3\n[full]\nlr = 1e-3\n'
+                      '[task.stsb]\nepochs = 2\n[task.stsb.full]\nlr = 5e-4\n')
+    out = tmp_path / "glue"
+    assert lorakit_main(["benchmark", "glue", "--config", str(config), "--data", str(root), "--output", str(out),
+                         "--full"]) == 0
+    result = json.loads((out / "glue.json").read_text())
+    assert result["skipped"] == ["qqp"]  # no QQP files here: said, not failed
+    runs = {(r["task"], r["method"]): r for r in result["rows"]}
+    assert set(runs) == {("sst2", "lora"), ("sst2", "full"), ("stsb", "lora"), ("stsb", "full")}
+    assert runs["stsb", "lora"]["steps"] == 4 and runs["sst2", "lora"]["steps"] == 2  # per-task epochs
+    stsb_full = json.loads((out / "stsb-full" / "run_config.json").read_text())
+    assert stsb_full["lr"] == 5e-4 and stsb_full["full_finetune"] and stsb_full["epochs"] == 2
+    for (task, method), row in runs.items():
+        saved = out / f"{task}-{method}" / ("model" if method == "full" else "adapter")
+        assert row["saved_bytes"] == sum(f.stat().st_size for f in saved.rglob("*") if f.is_file())
+        assert row["scores"] == json.loads((out / f"{task}-{method}" / "dev_scores.json").read_text())
+    storage = result["storage"]
+    assert storage["full_models_bytes"] == runs["sst2", "full"]["saved_bytes"] + runs["stsb", "full"]["saved_bytes"]
+    assert storage["base_plus_adapters_bytes"] < storage["full_models_bytes"]
+    switching = result["switching"]
+    assert switching["adapters_loaded"] == 2 and all(c["same_predictions"] for c in switching["per_task"].values())
+    assert all(c["max_abs_logit_diff"] == 0.0 for c in switching["per_task"].values())
+    assert (out / "glue.png").stat().st_size > 0 and "Task switching with 2 adapters" in (out / "glue.md").read_text()
+
+    # a second call reuses the finished runs instead of training again
+    stamp = (out / "sst2-lora" / "summary.json").stat().st_mtime_ns
+    assert lorakit_main(["benchmark", "glue", "--config", str(config), "--data", str(root), "--output", str(out),
+                         "--tasks", "sst2"]) == 0
+    assert (out / "sst2-lora" / "summary.json").stat().st_mtime_ns == stamp
+
+    sweep = tmp_path / "sweep"
+    assert lorakit_main(["benchmark", "sweep", "--config", str(config), "--data", str(root), "--output", str(sweep),
+                         "--task", "sst2", "--ranks", "1,8", "--targets", "query;query,value"]) == 0
+    rows = json.loads((sweep / "sweep-sst2.json").read_text())
+    # ranks on q,v, then target sets at the config's rank (8): q,v at r=8 is already a run, not trained twice
+    assert [(r["rank"], r["targets"]) for r in rows] == [(1, ["query", "value"]), (8, ["query", "value"]),
+                                                         (8, ["query"])]
+    assert rows[0]["trainable_params"] < rows[1]["trainable_params"]
+    assert (sweep / "sweep-sst2.png").stat().st_size > 0
