@@ -261,3 +261,26 @@ def test_benchmark_glue_and_sweep_commands(tmp_path: Path, tiny_bert_dir: Path, 
                                                          (8, ["query"])]
     assert rows[0]["trainable_params"] < rows[1]["trainable_params"]
     assert (sweep / "sweep-sst2.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("arch", ["roberta", "deberta-v2"])
+def test_other_encoder_families_train_and_reload(tmp_path: Path, arch: str) -> None:
+    """RoBERTa and DeBERTa-v2 (random, tiny) through the same path: default targets, head in the adapter."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    tokenizer = load_tokenizer("minilm-l6")  # any WordPiece ids fit a random model of that vocabulary size
+    config = AutoConfig.for_model(arch, vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=64, max_position_embeddings=160,
+                                  type_vocab_size=2, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    folder = tmp_path / arch
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    root = write_sentiment(tmp_path / "data", train=32, dev=8)
+    scores = train(root, folder, "rte", tmp_path / "run", "--epochs", "1")
+    adapter = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["target_modules"] == {"roberta": ["query", "value"],
+                                         "deberta-v2": ["query_proj", "value_proj"]}[arch]
+    assert adapter["modules_to_save"] == ["classifier"]
+    model, tok = load_classifier(str(folder), "rte", tmp_path / "run" / "adapter")
+    assert evaluate_glue(model, tok, "rte", "dev", root) == scores
