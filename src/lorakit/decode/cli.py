@@ -86,6 +86,8 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     if args.split is not None and args.task is None:
         raise ValueError("--split needs --task (e2e, webnlg, dart)")
     task = get_task(args.task or "e2e")
+    if task.model_kind != "causal-lm":
+        raise ValueError(f"{task.name} is a classification task: use `lorakit predict --task {task.name}`")
     if args.split is not None:
         sources = [ex.source for ex in task.examples(args.split, args.data)]
     else:
