@@ -9,7 +9,8 @@ same) in a fresh process, and its peak memory (process peak RSS on the CPU, peak
 median step time after two warm-up steps are read from that probe's log.
 
     python benchmarks/compare_runs.py runs/e2e-lora runs/e2e-full --names LoRA "full fine-tuning" \
-        --scores dev_scores.json --probe-steps 40 --output docs/results/e2e-lora-vs-full
+        --scores dev_beam_scores.json dev_greedy_scores.json --score-labels beam greedy --probe-steps 30 \
+        --output docs/results/e2e-lora-vs-full
 """
 
 from __future__ import annotations
@@ -48,17 +49,26 @@ def flat_scores(scores: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in scores.items() if isinstance(v, int | float)}
 
 
-def read_run(run: Path, scores_name: str) -> dict[str, Any]:
+def read_scores(run: Path, names: list[str], labels: list[str]) -> dict[str, float]:
+    """Each scores file's metrics; with several files (e.g. beam and greedy decoding), labelled columns."""
+    scores: dict[str, float] = {}
+    for name, label in zip(names, labels, strict=True):
+        path = run / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no scores (`lorakit evaluate PREDICTIONS --task T --json > FILE`)")
+        for metric, value in flat_scores(json.loads(path.read_text())).items():
+            scores[f"{metric} ({label})" if len(names) > 1 else metric] = value
+    return scores
+
+
+def read_run(run: Path, scores_names: list[str], labels: list[str]) -> dict[str, Any]:
     config = json.loads((run / "run_config.json").read_text())
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
     saved = run / ("model" if config["full_finetune"] else "adapter")
-    scores_path = run / scores_name
-    if not scores_path.is_file():
-        raise FileNotFoundError(f"{scores_path}: no scores (`lorakit evaluate PREDICTIONS --task T --json > FILE`)")
     summary_path = run / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     return {
-        "run": str(run), "config": config, "scores": flat_scores(json.loads(scores_path.read_text())),
+        "run": str(run), "config": config, "scores": read_scores(run, scores_names, labels),
         "trainable_params": summary.get("trainable_params") or saved_parameters(saved),
         "saved_bytes": folder_bytes(saved), "steps": log[-1]["step"], "train_seconds": log[-1]["elapsed_s"],
     }
@@ -114,12 +124,13 @@ def plot(rows: list[dict[str, Any]], metrics: list[str], path: Path) -> None:
         ("saved size (MB)", [r["saved_bytes"] / 2**20 for r in rows], True),
         ("peak memory (MB)", [r["peak_mem_mb"] for r in rows], False),
         ("s/step", [r["s_per_step"] for r in rows], False)]
-    cols, lines = 5, (len(panels) + 4) // 5
+    cols = 5 if len(panels) <= 10 else 7
+    lines = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(lines, cols, figsize=(3.2 * cols, 3.0 * lines), squeeze=False)
     colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
     for ax, (title, values, log) in zip(axes.flat, panels, strict=False):
         ax.bar(range(len(rows)), values, color=colors[:len(rows)])
-        ax.set_title(title)
+        ax.set_title(title, fontsize=9)
         ax.set_xticks(range(len(rows)), [r["name"] for r in rows], fontsize=8)
         if log:
             ax.set_yscale("log")
@@ -136,14 +147,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="finished run folders (put the reference run last)")
     parser.add_argument("--names", nargs="+", help="a label per run (default: folder names)")
-    parser.add_argument("--scores", default="dev_scores.json", help="scores file inside each run folder")
+    parser.add_argument("--scores", nargs="+", default=["dev_scores.json"],
+                        help="scores file(s) inside each run folder (several: one column group each)")
+    parser.add_argument("--score-labels", nargs="+", help="a label per scores file (default: the file names)")
     parser.add_argument("--probe-steps", type=int, default=40)
     parser.add_argument("--output", type=Path, required=True, help="writes OUTPUT.md, OUTPUT.json, OUTPUT.png")
     args = parser.parse_args()
     names = args.names or [r.name for r in args.runs]
     if len(names) != len(args.runs):
         parser.error(f"{len(names)} names for {len(args.runs)} runs")
-    rows = [{"name": n, **read_run(r, args.scores)} for n, r in zip(names, args.runs, strict=True)]
+    labels = args.score_labels or [Path(s).stem for s in args.scores]
+    if len(labels) != len(args.scores):
+        parser.error(f"{len(labels)} score labels for {len(args.scores)} scores files")
+    rows = [{"name": n, **read_run(r, args.scores, labels)} for n, r in zip(names, args.runs, strict=True)]
     with tempfile.TemporaryDirectory() as tmp:
         for row, run in zip(rows, args.runs, strict=True):
             row.update(probe(run, args.probe_steps, Path(tmp)))

@@ -101,7 +101,13 @@ def test_run_folder_holds_adapter_config_log_and_plot(workspace, tmp_path):
     assert (run / "adapter/adapter_config.json").is_file() and (run / "run_config.json").is_file()
     assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step-0000002", "step-0000004"]
-    assert [r["step"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())] == [1, 2, 3, 4]
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert all(r["peak_mem_mb"] > 50 for r in records)  # the process's peak RSS: torch alone is more
+    summary = json.loads((run / "summary.json").read_text())
+    adapter_bytes = sum(f.stat().st_size for f in (run / "adapter").iterdir())
+    assert summary["steps"] == 4 and summary["saved_bytes"] == adapter_bytes
+    assert 0 < summary["trainable_params"] < summary["total_params"]
     with pytest.raises(FileExistsError, match="--resume"):
         Trainer(_config(workspace, tmp_path / "run")).fit()
 
@@ -126,7 +132,28 @@ def test_full_finetune_same_command(workspace, tmp_path):
     assert all(p.requires_grad for p in trainer.model.parameters())
     trainer.fit()
     assert (tmp_path / "full/model/model.safetensors").is_file()
-    assert not (tmp_path / "full/adapter").exists()
+    assert not (tmp_path / "full/adapter").exists() and not (tmp_path / "full/.model.partial").exists()
+    summary = json.loads((tmp_path / "full/summary.json").read_text())
+    assert summary["trainable_params"] == summary["total_params"]
+
+
+def test_compare_runs_script(workspace, tmp_path):
+    """benchmarks/compare_runs.py on a LoRA and a full run: a row each, probes in fresh processes, a PNG."""
+    runs = {"lora": {}, "full": {"full_finetune": True, "lr": 1e-3}}
+    for name, kw in runs.items():
+        Trainer(_config(workspace, tmp_path / name, max_steps=6, **kw)).fit()
+        (tmp_path / name / "scores.json").write_text(json.dumps({"BLEU": 0.5 if name == "lora" else 0.4}))
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "compare_runs.py"), str(tmp_path / "lora"),
+           str(tmp_path / "full"), "--scores", "scores.json", "--probe-steps", "5", "--output", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert [r["scores"]["BLEU"] for r in rows] == [0.5, 0.4]
+    lora, full = rows
+    assert lora["trainable_params"] < full["trainable_params"] and lora["saved_bytes"] < full["saved_bytes"]
+    assert lora["steps"] == full["steps"] == 6 and all(r["peak_mem_mb"] > 0 and r["s_per_step"] > 0 for r in rows)
+    assert "lora / full: trainable params" in out.with_suffix(".md").read_text()
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_config_file_with_overrides_and_errors(tmp_path):
