@@ -107,8 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .decode.cli import add_generate_parser
     from .metrics.cli import add_evaluate_parser, add_metrics_parser
     from .nlu.cli import add_benchmark_parser, add_predict_parser
+    from .serve.cli import add_serve_parser
 
     add_generate_parser(sub)
+    add_serve_parser(sub)
     add_metrics_parser(sub)
     add_evaluate_parser(sub)
     add_predict_parser(sub)

@@ -7,7 +7,7 @@ back. Every operation either completes or leaves the model as it was.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -15,7 +15,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .config import LoraConfig, name_matches
-from .layers import Embedding, FusedLinear, Linear, LoraLayer, ModulesToSave
+from .layers import Embedding, FusedLinear, Linear, LoraLayer, ModulesToSave, RowRouting
 
 _CONFIGS = "_lorakit_configs"
 _ACTIVE = "_lorakit_active"
@@ -255,6 +255,35 @@ def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
             module.disabled = was_disabled
         for _, layer in lora_layers(model):
             layer.merge(merged.get(id(layer), []))
+
+
+def set_row_routing(model: nn.Module, routing: RowRouting | None) -> RowRouting | None:
+    """Give every LoRA layer and saved-module wrapper ``routing`` (``None`` takes it away): while its ``rows``
+    are set, row ``i`` of a batch runs through adapter ``rows[i]`` alone (``None``: the base model), whatever
+    adapters are active. Install again after adding or deleting adapters (new layers do not have it)."""
+    if routing is not None:
+        merged = merged_adapters(model)
+        if merged:
+            raise RuntimeError(f"adapters {merged} are merged into the weights; per-row routing needs the bare "
+                               "base weights: unmerge first")
+        routing.known = set(adapter_names(model))
+        routing.clear()
+    for module in _wrappers(model):
+        module.routing = routing
+    return routing
+
+
+@contextmanager
+def route_rows(model: nn.Module, rows: Sequence[str | None]) -> Iterator[RowRouting]:
+    """Inside the block, row ``i`` of every batch uses adapter ``rows[i]`` (``None``: no adapter): a batch
+    of requests for different adapters (and the base) runs in one forward pass."""
+    routing = RowRouting(known=adapter_names(model))
+    routing.set_rows(rows)
+    set_row_routing(model, routing)
+    try:
+        yield routing
+    finally:
+        set_row_routing(model, None)
 
 
 def set_trainable(model: nn.Module, name: str) -> None:

@@ -1,0 +1,130 @@
+"""Cost of a mixed-adapter forward pass: lorakit per-row routing against the bare base model and PEFT.
+
+Model: SmolLM2-135M. Batch: --rows x --tokens random token ids (no padding). Adapters: --adapters r=--rank
+LoRAs on q_proj, v_proj with non-zero B, saved once and loaded by both lorakit and PEFT (peft is the peer).
+Measured alternately, --repeats rounds, median per variant:
+
+- base: the model with no LoRA layers at all;
+- lorakit-mixed: every adapter in the model, row i routed to adapter i % adapters (``route_rows``);
+- lorakit-one: every row routed to the same adapter;
+- peft-mixed: PEFT ``model(..., adapter_names=[...])`` with the same row assignment;
+- peft-one: PEFT with one active adapter.
+
+Ratios are each variant's median over the base median of the same run (the issue's goal: lorakit-mixed at
+most 1.03x). The logits of lorakit-mixed and peft-mixed must agree (checked; the script fails otherwise).
+
+    .venv/bin/python benchmarks/serve_forward.py --rows 32 --tokens 64 --adapters 8 --rank 4 --repeats 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import lorakit
+from lorakit.models import load_model
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--rows", type=int, default=32)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--adapters", type=int, default=8)
+    parser.add_argument("--rank", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from peft import PeftModel
+
+    torch.manual_seed(0)
+    model, _ = load_model(args.model)
+    model.eval()
+    names = [f"task{i}" for i in range(args.adapters)]
+    folder = Path(tempfile.mkdtemp(prefix="serve-forward-"))
+    for name in names:
+        lorakit.add_adapter(model, lorakit.LoraConfig(r=args.rank, lora_alpha=2 * args.rank, init_lora_weights=False),
+                            name, activate=False)
+        lorakit.save_adapter(model, folder / name, name)
+    lorakit.set_active_adapters(model, [])
+    bare, _ = load_model(args.model)
+    bare.eval()
+    peft_base, _ = load_model(args.model)
+    peft_model = PeftModel.from_pretrained(peft_base, str(folder / names[0]), adapter_name=names[0])
+    for name in names[1:]:
+        peft_model.load_adapter(str(folder / name), adapter_name=name)
+    peft_model.eval()
+
+    ids = torch.randint(0, model.config.vocab_size, (args.rows, args.tokens),
+                        generator=torch.Generator().manual_seed(1))
+    rows = [names[i % len(names)] for i in range(args.rows)]
+    routing = lorakit.RowRouting()
+    lorakit.set_row_routing(model, routing)
+
+    def base() -> torch.Tensor:
+        return bare(input_ids=ids).logits
+
+    def mixed() -> torch.Tensor:
+        routing.set_rows(rows)
+        return model(input_ids=ids).logits
+
+    def one() -> torch.Tensor:
+        routing.set_rows([names[0]] * args.rows)
+        return model(input_ids=ids).logits
+
+    def peft_mixed() -> torch.Tensor:
+        return peft_model(input_ids=ids, adapter_names=rows).logits
+
+    def peft_one() -> torch.Tensor:
+        peft_model.set_adapter(names[0])
+        return peft_model(input_ids=ids).logits
+
+    variants = {"base": base, "lorakit-mixed": mixed, "lorakit-one": one, "peft-mixed": peft_mixed,
+                "peft-one": peft_one}
+    with torch.inference_mode():
+        ours, theirs = mixed(), peft_mixed()
+        diff = (ours - theirs).abs().max().item()
+        if diff > 1e-3:
+            raise SystemExit(f"lorakit and PEFT mixed-batch logits differ by {diff}")
+        del ours, theirs
+        for fn in variants.values():  # warm-up
+            fn()
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        for r in range(args.repeats):
+            order = list(variants) if r % 2 == 0 else list(reversed(variants))
+            for key in order:
+                times[key].append(_timed(variants[key]))
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+        "torch": torch.__version__, "rows": args.rows, "tokens": args.tokens, "adapters": args.adapters,
+        "rank": args.rank, "repeats": args.repeats, "max_abs_logit_diff_vs_peft": diff,
+        "median_s": medians, "ratio_to_base": {k: v / medians["base"] for k, v in medians.items()},
+        "all_s": times,
+    }
+    print(f"{args.rows} rows x {args.tokens} tokens, {args.adapters} adapters r={args.rank} on q,v; "
+          f"median of {args.repeats}; lorakit vs PEFT max |logit diff| {diff:.2e}")
+    for key, value in medians.items():
+        print(f"  {key:14} {value * 1000:8.1f} ms   {value / medians['base']:.3f}x base")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

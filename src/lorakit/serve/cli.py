@@ -1,0 +1,87 @@
+"""``lorakit serve``: one base model, every adapter in a folder, an OpenAI-compatible HTTP API.
+
+Wire it in with ``add_serve_parser(subparsers)``; the handler is ``args.func``. Requests name an adapter
+(a sub-folder of --adapters) or the base model (its --model name) in the ``model`` field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_serve_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``serve`` sub-command to an ``argparse`` sub-parser collection."""
+    p = subparsers.add_parser(
+        "serve", help="serve many LoRA adapters over one base model (OpenAI-compatible HTTP API)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="short name (smollm2-135m, minilm-l6, ...), model folder or hub id")
+    p.add_argument("--adapters", required=True, metavar="FOLDER",
+                   help="folder whose sub-folders are adapters (PEFT format); read when first requested")
+    p.add_argument("--max-loaded", type=int, default=8, metavar="N",
+                   help="adapters kept in memory at once; the least recently used leaves first (default: 8)")
+    p.add_argument("--max-batch", type=int, default=16, help="rows per forward pass (default: 16)")
+    p.add_argument("--max-queue", type=int, default=256, help="rows waiting before requests get 503 (default: 256)")
+    p.add_argument("--task", choices=("auto", "causal-lm", "sequence-classification"), default="auto",
+                   help="generation or classification base (auto: classification for encoder-only short names)")
+    p.add_argument("--num-labels", type=int, help="classification base: outputs of the head (default: the model's)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.set_defaults(func=run_serve)
+    return p
+
+
+def _task(args: argparse.Namespace) -> str:
+    from ..models import MODELS
+
+    if args.task != "auto":
+        return args.task
+    info = MODELS.get(args.model)
+    return "sequence-classification" if info is not None and "causal-lm" not in info.tasks else "causal-lm"
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import torch
+    import uvicorn
+
+    from ..models import load_model
+    from .app import create_app
+    from .server import build_engine
+
+    for flag in ("max_loaded", "max_batch", "max_queue"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1")
+    task = _task(args)
+    extra = {"num_labels": args.num_labels} if args.num_labels else {}
+    model, tokenizer = load_model(args.model, task, padding_side="left" if task == "causal-lm" else "right",
+                                  dtype=getattr(torch, args.dtype), **extra)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(device).eval()
+    engine = build_engine(model, tokenizer, args.adapters, max_loaded=args.max_loaded, max_batch=args.max_batch,
+                          max_queue=args.max_queue)
+    print(f"serving {args.model} ({task}) with adapters from {engine.registry.root} "
+          f"({len(engine.registry.names())} found) on http://{args.host}:{args.port}", file=sys.stderr)
+    engine.start()
+    try:
+        uvicorn.run(create_app(engine, args.model), host=args.host, port=args.port, log_level="info")
+    finally:
+        engine.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lorakit.serve.cli ...``: the same as ``lorakit serve ...``."""
+    parser = argparse.ArgumentParser(prog="lorakit")
+    add_serve_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return args.func(args)
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        print(f"lorakit serve: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

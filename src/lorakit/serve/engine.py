@@ -1,0 +1,457 @@
+"""The inference engine: one thread owns the model and runs every request through mixed-adapter batches.
+
+Why one thread: a forward pass cannot share the model with another one or with an adapter being attached,
+so the engine thread alone runs the model; other threads only put work in (a bounded queue) and receive
+events. Generation is continuously batched: after every decoding step finished rows leave, and waiting
+requests are prefilled and join the running batch, each row routed to its own adapter (``RowRouting``).
+An adapter that is not in memory is read on a loader thread while the batch keeps running; its requests
+join once it is attached.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..decode.api import eos_ids
+from ..decode.cache import drop_front, growable, select_rows, stack
+from ..decode.runner import CausalLM, left_pad
+from .metrics import Metrics
+from .pool import AdapterPool, PoolFull
+from .registry import AdapterRefused, AdapterRegistry, ReadAdapter
+from .sampling import StopText, choose
+
+
+class QueueFull(RuntimeError):
+    """The bounded request queue is full (HTTP 503): the client should retry later."""
+
+
+Emit = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class GenerationRow:
+    """One sequence being generated (a request with ``n`` choices has ``n`` of them)."""
+
+    adapter: str | None
+    prompt: list[int]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    stops: list[str]
+    emit: Emit  # ("text", {"index", "text"}) per piece; ("done", {"index", "finish_reason", "tokens"}) at the end
+    index: int = 0
+    seed: int | None = None
+    tokens: list[int] = field(default_factory=list)
+    generator: torch.Generator | None = None
+    stop_text: StopText | None = None
+    cancelled: bool = False
+
+
+@dataclass
+class ClassifyJob:
+    adapter: str | None
+    encodings: list[list[int]]
+    token_type_ids: list[list[int]] | None
+    future: Future
+
+
+class _Live:
+    """The running generation batch: rows, KV cache, attention mask, positions and next-token logits."""
+
+    def __init__(self, lm: CausalLM, rows: list[GenerationRow], pad_id: int) -> None:
+        ids, self.mask = left_pad([r.prompt for r in rows], pad_id, lm.device)
+        headroom = max(r.max_tokens for r in rows)
+        self.logits, self.cache, self.positions = lm.prefill(ids, self.mask, headroom=headroom)
+        self.rows = rows
+        self.growable = growable(self.cache)
+
+    def keep(self, keep: list[int]) -> None:
+        self.rows = [self.rows[i] for i in keep]
+        if not keep:
+            return
+        index = torch.tensor(keep, dtype=torch.long, device=self.mask.device)
+        self.mask, self.positions, self.logits = self.mask[index], self.positions[index], self.logits[index]
+        select_rows(self.cache, index)
+        used = self.mask.any(dim=0)
+        lead = int(used.to(torch.int8).argmax()) if self.growable and bool(used.any()) else 0
+        if lead:
+            self.mask = self.mask[:, lead:]
+            drop_front(self.cache, lead)
+
+    def stack(self, other: _Live) -> None:
+        stack(self.cache, other.cache)
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        self.mask = torch.cat([torch.nn.functional.pad(m, (width - m.shape[1], 0)) for m in (self.mask, other.mask)])
+        self.positions = torch.cat([self.positions, other.positions])
+        self.logits = torch.cat([self.logits, other.logits])
+        self.rows = self.rows + other.rows
+
+
+class Engine:
+    """Runs generation (causal LM base) or classification (sequence-classification base) requests for any
+    adapter in ``registry``, at most ``max_batch`` rows per forward pass and ``max_queue`` rows waiting."""
+
+    def __init__(self, model: nn.Module, tokenizer, registry: AdapterRegistry, *, max_loaded: int = 8,
+                 max_batch: int = 16, max_queue: int = 256, metrics: Metrics | None = None) -> None:
+        if max_batch < 1 or max_queue < 1:
+            raise ValueError(f"max_batch and max_queue must be at least 1, got {max_batch} and {max_queue}")
+        self.model = model.eval()
+        self.tokenizer = copy.deepcopy(tokenizer)  # the engine thread's own: fast tokenizers are not thread-safe
+        self.registry = registry
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.metrics = metrics or Metrics()
+        self.pool = AdapterPool(model, max_loaded)
+        self.classifier = "ForSequenceClassification" in type(model).__name__
+        self.lm = None if self.classifier else CausalLM(model)
+        self.eos = set(eos_ids(model, tokenizer))
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (min(self.eos) if self.eos
+                                                                                          else 0)
+        self._cond = threading.Condition()
+        self._waiting: deque[GenerationRow | ClassifyJob] = deque()
+        self._commands: deque[Callable[[], None]] = deque()
+        self._reading: set[str] = set()
+        self._ready: dict[str, ReadAdapter] = {}
+        self._failed: dict[str, BaseException] = {}
+        self._live: _Live | None = None
+        self._load_futures: dict[str, list[Future]] = {}
+        self._unload_futures: dict[str, list[Future]] = {}
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="lorakit-engine", daemon=True)
+
+    # --- life cycle
+    def start(self) -> Engine:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join(timeout=30)
+        self.registry.close()
+
+    @property
+    def context_length(self) -> int | None:
+        config = getattr(self.model, "config", None)
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(config, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    def loaded(self) -> list[str]:
+        return list(self.pool.slots)
+
+    def queued(self) -> int:
+        with self._cond:
+            return len(self._waiting)
+
+    # --- submitting work (any thread)
+    def _put(self, items: list[GenerationRow | ClassifyJob]) -> None:
+        with self._cond:
+            if self._stop:
+                raise RuntimeError("the engine is stopped")
+            if len(self._waiting) + len(items) > self.max_queue:
+                raise QueueFull(f"the request queue is full ({self.max_queue} rows waiting); retry later")
+            self._waiting.extend(items)
+            self._cond.notify_all()
+
+    def generate(self, rows: list[GenerationRow]) -> None:
+        """Queue the rows of one request (all or none); results arrive through each row's ``emit``."""
+        if self.classifier:
+            raise ValueError("the served base model is a classifier: use /v1/classify")
+        for row in rows:
+            if row.temperature > 0:
+                row.generator = torch.Generator(device=self.lm.device)
+                row.generator.manual_seed(row.seed if row.seed is not None
+                                          else int.from_bytes(os.urandom(8), "little") >> 1)
+            row.stop_text = StopText(row.stops)
+        self._put(list(rows))
+
+    def classify(self, adapter: str | None, encodings: list[list[int]],
+                 token_type_ids: list[list[int]] | None = None) -> Future:
+        """Queue inputs for a classification adapter; the future gives (probabilities rows x labels, labels)."""
+        if not self.classifier:
+            raise ValueError("the served base model generates text: use /v1/completions")
+        job = ClassifyJob(adapter, encodings, token_type_ids, Future())
+        self._put([job])
+        return job.future
+
+    def load(self, name: str) -> Future:
+        """Read and attach ``name`` now; the future gives its labels (None) or the error."""
+        future: Future = Future()
+
+        def command() -> None:
+            if name in self.pool:
+                self.pool.slots[name].unload_requested = False
+                future.set_result(self.pool.slots[name].labels)
+                return
+            self._request_read(name, future)
+
+        self._command(command)
+        return future
+
+    def unload(self, name: str) -> Future:
+        """Take ``name`` out of memory once its running rows are done (later requests read it again)."""
+        future: Future = Future()
+
+        def command() -> None:
+            if name not in self.pool:
+                future.set_result(False)
+                return
+            self.pool.slots[name].unload_requested = True
+            self._unload_futures.setdefault(name, []).append(future)
+
+        self._command(command)
+        return future
+
+    def _command(self, command: Callable[[], None]) -> None:
+        with self._cond:
+            self._commands.append(command)
+            self._cond.notify_all()
+
+    # --- the engine thread
+    def _run(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self._cond:
+                while not (self._stop or self._commands or self._live or self._admissible()):
+                    self._cond.wait(timeout=1.0)
+                if self._stop:
+                    break
+                commands = list(self._commands)
+                self._commands.clear()
+            for command in commands:
+                command()
+            self._attach_ready()
+            self._finish_unloads()
+            try:
+                with torch.inference_mode():
+                    if self.classifier:
+                        self._classify_step()
+                    else:
+                        self._generation_step()
+            except Exception as err:  # never let one bad batch kill the server: fail its rows, keep going
+                self._fail_live(err)
+        self._fail_live(RuntimeError("the server is shutting down"))
+
+    def _admissible(self) -> bool:
+        """Whether a waiting item could start now (its adapter is attached or being read)."""
+        for item in self._waiting:
+            name = item.adapter
+            if name is None or name in self.pool or name in self._ready or name in self._failed:
+                return True
+            if name not in self._reading:
+                return True  # starting its read is work too
+        return False
+
+    def _request_read(self, name: str, future: Future | None = None) -> None:
+        if future is not None:
+            self._load_futures.setdefault(name, []).append(future)
+        if name in self._reading or name in self._ready:
+            return
+        self._reading.add(name)
+        self._failed.pop(name, None)
+
+        def done(result: ReadAdapter | BaseException) -> None:  # on a loader thread
+            def command() -> None:
+                self._reading.discard(name)
+                if isinstance(result, BaseException):
+                    self._failed[name] = result
+                    self._resolve_load(name, error=result)
+                else:
+                    self._ready[name] = result
+            self._command(command)
+
+        self.registry.read_async(name, done)
+
+    def _resolve_load(self, name: str, labels: Any = None, error: BaseException | None = None) -> None:
+        for future in self._load_futures.pop(name, []):
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(labels)
+
+    def _attach_ready(self) -> None:
+        for name, adapter in list(self._ready.items()):
+            try:
+                slot = self.pool.attach(adapter)
+            except PoolFull:
+                continue  # retried after rows finish
+            except AdapterRefused as err:
+                del self._ready[name]
+                self._failed[name] = err
+                self._resolve_load(name, error=err)
+                continue
+            del self._ready[name]
+            self.metrics.adapter_loaded()
+            self._resolve_load(name, labels=slot.labels)
+
+    def _finish_unloads(self) -> None:
+        for name, slot in list(self.pool.slots.items()):
+            if slot.unload_requested and slot.refs == 0:
+                self.pool.detach(name)
+                self.metrics.adapter_unloaded()
+                for future in self._unload_futures.pop(name, []):
+                    future.set_result(True)
+
+    def _take(self, limit: int, kind: type) -> list[Any]:
+        """Waiting items of ``kind`` whose adapter is attached, first come first served, at most ``limit``;
+        starts reads for adapters not in memory and fails items whose adapter cannot be served."""
+        taken: list[Any] = []
+        with self._cond:
+            waiting = list(self._waiting)
+        keep: list[Any] = []
+        for item in waiting:
+            name = item.adapter
+            if len(taken) >= limit or not isinstance(item, kind):
+                keep.append(item)
+                continue
+            if name is not None and name in self._failed:
+                self._fail_item(item, self._failed[name])
+                continue
+            if name is not None and (name not in self.pool or self.pool.slots[name].unload_requested):
+                if name not in self.pool and name not in self._reading and name not in self._ready:
+                    self._request_read(name)
+                keep.append(item)
+                continue
+            self.pool.use(name)
+            taken.append(item)
+        with self._cond:
+            gone = {id(i) for i in waiting if not any(i is k for k in keep)}
+            self._waiting = deque(i for i in self._waiting if id(i) not in gone)
+        # failures for adapters whose read failed are reported once; later requests read again
+        for name in [n for n in self._failed if not any(i.adapter == n for i in keep)]:
+            del self._failed[name]
+        return taken
+
+    def _fail_item(self, item: GenerationRow | ClassifyJob, error: BaseException) -> None:
+        if isinstance(item, ClassifyJob):
+            if not item.future.done():
+                item.future.set_exception(error)
+        else:
+            item.emit("error", {"index": item.index, "error": error})
+
+    def _fail_live(self, error: BaseException) -> None:
+        if self._live is not None:
+            for row in self._live.rows:
+                self.pool.release(row.adapter)
+                self._fail_item(row, error)
+            self._live = None
+
+    # --- generation
+    def _generation_step(self) -> None:
+        live = self._live
+        free = self.max_batch - (len(live.rows) if live is not None else 0)
+        if free > 0 and (live is None or live.growable):
+            new = []
+            for row in self._take(free, GenerationRow):
+                if row.cancelled:  # the client went away while it waited
+                    self.pool.release(row.adapter)
+                else:
+                    new.append(row)
+            if new:
+                self.pool.routing.set_rows([self.pool.slot_of(r.adapter) for r in new])
+                batch = _Live(self.lm, new, self.pad_id)
+                self.metrics.prefill(sum(len(r.prompt) for r in new))
+                if live is None:
+                    live = self._live = batch
+                else:
+                    live.stack(batch)
+        if live is None or not live.rows:
+            self._live = None
+            return
+        tokens = choose(live.logits, [r.temperature for r in live.rows], [r.top_p for r in live.rows],
+                        [r.generator for r in live.rows])
+        keep: list[int] = []
+        for j, (row, token) in enumerate(zip(live.rows, tokens.tolist(), strict=True)):
+            finish = self._advance(row, token)
+            if finish is None:
+                keep.append(j)
+                continue
+            self.pool.release(row.adapter)
+            row.emit("done", {"index": row.index, "finish_reason": finish, "tokens": len(row.tokens)})
+        self.metrics.generated(len(live.rows))
+        if len(keep) < len(live.rows):
+            live.keep(keep)
+            tokens = tokens[torch.tensor(keep, dtype=torch.long)] if keep else tokens[:0]
+        if not live.rows:
+            self._live = None
+            return
+        live.mask = torch.cat([live.mask, live.mask.new_ones(live.mask.shape[0], 1)], dim=1)
+        live.positions = live.positions + 1
+        self.pool.routing.set_rows([self.pool.slot_of(r.adapter) for r in live.rows])
+        live.logits = self.lm.step(tokens, live.cache, live.mask, live.positions)
+
+    def _advance(self, row: GenerationRow, token: int) -> str | None:
+        """Take ``token`` into ``row``; the finish reason when the row is done."""
+        if row.cancelled:
+            return "cancelled"
+        if token in self.eos:
+            self._flush(row)
+            return "stop"
+        row.tokens.append(token)
+        text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+        piece, stopped = row.stop_text.update(text)
+        if piece:
+            row.emit("text", {"index": row.index, "text": piece})
+        if stopped:
+            return "stop"
+        if len(row.tokens) >= row.max_tokens:
+            self._flush(row)
+            return "length"
+        return None
+
+    def _flush(self, row: GenerationRow) -> None:
+        text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+        piece = row.stop_text.finish(text)
+        if piece:
+            row.emit("text", {"index": row.index, "text": piece})
+
+    # --- classification
+    def _classify_step(self) -> None:
+        jobs = self._take(self.max_batch, ClassifyJob)
+        if not jobs:
+            return
+        rows = [(job, i) for job in jobs for i in range(len(job.encodings))]
+        try:
+            for start in range(0, len(rows), self.max_batch * 4):
+                self._classify_rows(rows[start:start + self.max_batch * 4])
+        finally:
+            for job in jobs:
+                self.pool.release(job.adapter)
+
+    def _classify_rows(self, rows: list[tuple[ClassifyJob, int]]) -> None:
+        width = max(len(job.encodings[i]) for job, i in rows)
+        device = next(self.model.parameters()).device
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        types = torch.zeros((len(rows), width), dtype=torch.long)
+        has_types = any(job.token_type_ids is not None for job, _ in rows)
+        for k, (job, i) in enumerate(rows):  # right padding: what the classification heads were trained with
+            seq = job.encodings[i]
+            ids[k, :len(seq)] = torch.tensor(seq)
+            mask[k, :len(seq)] = 1
+            if job.token_type_ids is not None:
+                types[k, :len(seq)] = torch.tensor(job.token_type_ids[i])
+        self.pool.routing.set_rows([self.pool.slot_of(job.adapter) for job, _ in rows])
+        kwargs = {"token_type_ids": types.to(device)} if has_types else {}
+        logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs).logits.float()
+        self.metrics.prefill(int(mask.sum()))
+        out: dict[int, list[torch.Tensor]] = {}
+        for k, (job, _) in enumerate(rows):
+            out.setdefault(id(job), []).append(logits[k])
+        for job in {id(j): j for j, _ in rows}.values():
+            labels = self.pool.slots[job.adapter].labels if job.adapter is not None else None
+            if not job.future.done():
+                job.future.set_result((torch.stack(out[id(job)]).cpu(), labels))
