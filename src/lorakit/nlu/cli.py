@@ -102,6 +102,8 @@ def _benchmark_sweep(args: argparse.Namespace) -> int:
     config.update({k: v for k, v in (("model", args.model), ("data", args.data)) if v})
     output = Path(args.output or Path(config.get("output", "runs/glue")) / "sweep")
     target_sets = [[t for t in group.split(",") if t] for group in args.targets.split(";")]
+    if args.max_train_examples:  # a smaller data budget for every run of the sweep
+        config.setdefault("task", {}).setdefault(args.task, {})["max_train_examples"] = args.max_train_examples
     rows = benchmark_sweep(config, args.task, args.ranks, target_sets, args.default_targets.split(","), output)
     table = sweep_markdown(rows)
     output.mkdir(parents=True, exist_ok=True)
@@ -131,6 +133,7 @@ def add_benchmark_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     sweep.add_argument("--default-targets", default="query,value", help="targets of the rank runs")
     sweep.add_argument("--targets", default="query;value;query,value;query,key,value,attention.output.dense",
                        help="target sets, ';' between sets, ',' within one (default: q; v; q,v; q,k,v,o for BERT)")
+    sweep.add_argument("--max-train-examples", type=int, help="train every run on this seeded subset")
     sweep.add_argument("--model", help="override the config's base model")
     sweep.add_argument("--data", help="data folder (default: $LORAKIT_DATA)")
     sweep.add_argument("--output", help="folder (default: <config output>/sweep)")
