@@ -28,9 +28,8 @@ from typing import Any
 
 from safetensors import safe_open
 
-
-def folder_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+from lorakit.files import folder_bytes
+from lorakit.train.logs import MetricsLog
 
 
 def saved_parameters(folder: Path) -> int:
@@ -63,7 +62,7 @@ def read_scores(run: Path, names: list[str], labels: list[str]) -> dict[str, flo
 
 def read_run(run: Path, scores_names: list[str], labels: list[str]) -> dict[str, Any]:
     config = json.loads((run / "run_config.json").read_text())
-    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    log = MetricsLog(run / "log.jsonl").read()
     saved = run / ("model" if config["full_finetune"] else "adapter")
     summary_path = run / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
@@ -82,7 +81,7 @@ def probe(run: Path, steps: int, workdir: Path) -> dict[str, float]:
            "--samples", "0"]
     print("probe:", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
+    log = MetricsLog(out / "log.jsonl").read()
     times = [b["elapsed_s"] - a["elapsed_s"] for a, b in itertools.pairwise(log[2:])]  # 2 warm-up steps
     return {"peak_mem_mb": log[-1]["peak_mem_mb"], "s_per_step": statistics.median(times)}
 

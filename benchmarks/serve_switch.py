@@ -33,6 +33,14 @@ from lorakit.serve.registry import AdapterRegistry
 ALL7 = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+def _time_two_forwards(model, ids, first: list[float], second: list[float]) -> None:
+    """Time a forward right after a switch (it gathers the new factors) and the same forward again."""
+    for times in (first, second):
+        start = time.perf_counter()
+        model(input_ids=ids)
+        times.append(time.perf_counter() - start)
+
+
 def _ms(seconds: list[float]) -> float:
     return statistics.median(seconds) * 1000
 
@@ -79,12 +87,7 @@ def main() -> None:
                 pool.attach(registry.read(name))
                 pool.routing.set_rows([pool.slot_of(name)])
                 load_s.append(time.perf_counter() - start)
-                start = time.perf_counter()
-                model(input_ids=ids)
-                forward_new.append(time.perf_counter() - start)
-                start = time.perf_counter()
-                model(input_ids=ids)
-                forward_same.append(time.perf_counter() - start)
+                _time_two_forwards(model, ids, forward_new, forward_same)
             gather = max(0.0, _ms(forward_new) - _ms(forward_same))
             results[f"lorakit_load_switch_{kind}_ms"] = _ms(load_s) + gather
             results[f"lorakit_load_switch_{kind}_without_first_forward_ms"] = _ms(load_s)
@@ -97,12 +100,7 @@ def main() -> None:
                 start = time.perf_counter()
                 pool.routing.set_rows([pool.slot_of(name)])
                 switch_s.append(time.perf_counter() - start)
-                start = time.perf_counter()
-                model(input_ids=ids)
-                forward_new.append(time.perf_counter() - start)
-                start = time.perf_counter()
-                model(input_ids=ids)
-                forward_same.append(time.perf_counter() - start)
+                _time_two_forwards(model, ids, forward_new, forward_same)
             results[f"lorakit_switch_{kind}_ms"] = _ms(switch_s) + max(0.0, _ms(forward_new) - _ms(forward_same))
             results[f"lorakit_switch_{kind}_routing_only_ms"] = _ms(switch_s)
             results[f"forward_1_token_{kind}_ms"] = _ms(forward_same)

@@ -7,6 +7,11 @@ import tempfile
 from pathlib import Path
 
 
+def folder_bytes(folder: str | os.PathLike) -> int:
+    """Bytes on disk of every file under ``folder`` (an adapter or a model as saved)."""
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
 def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

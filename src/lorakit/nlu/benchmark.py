@@ -17,11 +17,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from ..files import folder_bytes
 from ..train.config import TrainConfig
-
-
-def folder_bytes(folder: str | os.PathLike) -> int:
-    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+from ..train.logs import MetricsLog
 
 
 def run_training(settings: dict[str, Any], output: Path) -> dict[str, Any]:
@@ -42,7 +40,7 @@ def run_training(settings: dict[str, Any], output: Path) -> dict[str, Any]:
     summary = json.loads(done.read_text())
     scores_path = output / "dev_scores.json"
     scores = json.loads(scores_path.read_text()) if scores_path.is_file() else {}
-    log = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines() if line.strip()]
+    log = MetricsLog(output / "log.jsonl").read()
     saved = output / ("model" if settings.get("full_finetune") else "adapter")
     return {"run": str(output), "scores": scores, "trainable_params": summary["trainable_params"],
             "saved_bytes": folder_bytes(saved), "steps": summary["steps"], "train_seconds": log[-1]["elapsed_s"],

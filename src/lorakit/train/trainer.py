@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from .. import lora
 from ..adapters import save_adapter
+from ..files import folder_bytes
 from . import checkpoint as ckpt
 from .batching import Sample, collate, plan_batches, shard
 from .config import TrainConfig
@@ -308,7 +309,7 @@ class Trainer:
                    "device": str(self.device), "processes": procs.world_size, "output": str(self.output)}
         if procs.main:
             self.save_result()
-            summary["saved_bytes"] = sum(f.stat().st_size for f in self.result_dir().rglob("*") if f.is_file())
+            summary["saved_bytes"] = folder_bytes(self.result_dir())
             (self.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         procs.barrier()
         return summary
