@@ -3,10 +3,14 @@
 Model: SmolLM2-135M. Adapters: r=--rank LoRAs (non-zero B) on q,v and on all seven projections, saved to a
 temporary folder and read once before timing (so their files are in the page cache).
 
-- lorakit load+switch: ``AdapterRegistry.read`` (safetensors, checks) + ``AdapterPool.attach`` (into the
-  model, evicting the previous one) + routing a 1-row batch to it + that 1-token forward pass's extra cost
-  over an unchanged batch (the gather of the new adapter's factors happens on the first forward);
-- lorakit switch: routing a batch to another adapter already in memory, with the same first-forward cost;
+- lorakit load+switch: ``AdapterRegistry.read`` (safetensors, checks) + ``AdapterPool.attach`` (checked
+  against the model and copied into the routing banks; no modules are created) + routing a 1-row batch to
+  it and gathering its factors for every layer (``RowRouting.prepare``, which the first forward pass
+  would otherwise do layer by layer); the three parts are timed apart and summed per repeat;
+- lorakit switch: routing the batch to another adapter already in memory, with the same gathering (and
+  ``switch_cached``: to a batch composition seen among the last four, whose gathered factors are kept);
+- a check that nothing was left for the forward pass: the forward right after a switch against the same
+  forward again (medians of both printed);
 - PEFT: ``load_adapter`` + ``set_adapter``, and ``set_adapter`` between loaded adapters.
 
 Medians of --repeats; one run, one machine:
@@ -34,7 +38,7 @@ ALL7 = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_pr
 
 
 def _time_two_forwards(model, ids, first: list[float], second: list[float]) -> None:
-    """Time a forward right after a switch (it gathers the new factors) and the same forward again."""
+    """Time a forward right after a switch and the same forward again: equal when the switch did it all."""
     for times in (first, second):
         start = time.perf_counter()
         model(input_ids=ids)
@@ -77,33 +81,44 @@ def main() -> None:
     results: dict[str, float] = {}
     with torch.inference_mode():
         for kind in ("qv", "all7"):
-            # load + switch: read from disk, attach (evicting), route a 1-row batch, first forward's extra cost
-            load_s, forward_new, forward_same = [], [], []
+            # load + switch: read from disk, attach (evicting), route a 1-row batch and gather its factors
+            parts: dict[str, list[float]] = {"read": [], "attach": [], "route": [], "total": []}
+            forward_new, forward_same = [], []
             for r in range(args.repeats):
                 for name in list(pool.slots):
                     pool.detach(name)
                 name = f"{kind}{r % 4}"
-                start = time.perf_counter()
-                pool.attach(registry.read(name))
+                t0 = time.perf_counter()
+                adapter = registry.read(name)
+                t1 = time.perf_counter()
+                pool.attach(adapter)
+                t2 = time.perf_counter()
                 pool.routing.set_rows([pool.slot_of(name)])
-                load_s.append(time.perf_counter() - start)
+                pool.routing.prepare()
+                t3 = time.perf_counter()
+                for key, value in (("read", t1 - t0), ("attach", t2 - t1), ("route", t3 - t2), ("total", t3 - t0)):
+                    parts[key].append(value)
                 _time_two_forwards(model, ids, forward_new, forward_same)
-            gather = max(0.0, _ms(forward_new) - _ms(forward_same))
-            results[f"lorakit_load_switch_{kind}_ms"] = _ms(load_s) + gather
-            results[f"lorakit_load_switch_{kind}_without_first_forward_ms"] = _ms(load_s)
+            for key, values in parts.items():
+                results[f"lorakit_load_switch_{kind}_{key}_ms"] = _ms(values)
+            results[f"forward_after_load_{kind}_ms"] = _ms(forward_new)
+            results[f"forward_again_{kind}_ms"] = _ms(forward_same)
             # switch between loaded adapters
             for i in range(4):
                 pool.attach(registry.read(f"{kind}{i}"))
-            switch_s, forward_new, forward_same = [], [], []
-            for r in range(args.repeats):
-                name = f"{kind}{r % 4}"
-                start = time.perf_counter()
-                pool.routing.set_rows([pool.slot_of(name)])
-                switch_s.append(time.perf_counter() - start)
-                _time_two_forwards(model, ids, forward_new, forward_same)
-            results[f"lorakit_switch_{kind}_ms"] = _ms(switch_s) + max(0.0, _ms(forward_new) - _ms(forward_same))
-            results[f"lorakit_switch_{kind}_routing_only_ms"] = _ms(switch_s)
-            results[f"forward_1_token_{kind}_ms"] = _ms(forward_same)
+            for keep, label in ((1, "switch"), (4, "switch_cached")):  # 1: every switch gathers anew
+                pool.routing.keep_compositions = keep
+                switch_s, forward_new, forward_same = [], [], []
+                for r in range(args.repeats):
+                    name = f"{kind}{r % 4}"
+                    start = time.perf_counter()
+                    pool.routing.set_rows([pool.slot_of(name)])
+                    pool.routing.prepare()
+                    switch_s.append(time.perf_counter() - start)
+                    _time_two_forwards(model, ids, forward_new, forward_same)
+                results[f"lorakit_{label}_{kind}_ms"] = _ms(switch_s)
+            results[f"forward_after_switch_{kind}_ms"] = _ms(forward_new)
+            results[f"forward_again_after_switch_{kind}_ms"] = _ms(forward_same)
             for name in list(pool.slots):
                 pool.detach(name)
 

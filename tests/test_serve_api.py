@@ -7,6 +7,7 @@ the server.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import threading
@@ -276,8 +277,19 @@ def classifier_server(tmp_path_factory):
         with torch.no_grad():
             refs[name] = model(**enc).logits.softmax(-1)
         lorakit.delete_adapter(model, name)
+    for name, width in (("sts", 1), ("mrpc", 2)):  # other tasks' heads: 1 output (regression), 2 labels
+        task = copy.deepcopy(model)
+        task.classifier = torch.nn.Linear(32, width)
+        lorakit.add_adapter(task, lorakit.LoraConfig(r=4, modules_to_save=["classifier"], init_lora_weights=False),
+                            name)
+        lorakit.save_adapter(task, root / name, name)
+        alone = copy.deepcopy(model)
+        lorakit.load_adapter(alone, root / name, name, head_size_from_file=True)
+        with torch.no_grad():
+            out = alone(**enc).logits
+        refs[name] = out if width == 1 else out.softmax(-1)
     (root / "sst" / "labels.json").write_text(json.dumps(["negative", "neutral", "positive"]))
-    engine = build_engine(model, tokenizer, root, max_loaded=2)
+    engine = build_engine(model, tokenizer, root, max_loaded=4)
     server = serve_in_thread(engine, "tiny-bert")
     yield server, refs, texts
     server.stop()
@@ -290,15 +302,20 @@ def test_classify_mixed_adapters_equal_each_alone(classifier_server) -> None:
     def run(name: str) -> None:
         results[name] = httpx.post(server.url + "/v1/classify", json={"model": name, "input": texts}, timeout=30)
 
-    threads = [threading.Thread(target=run, args=(n,)) for n in ("sst", "nli")]
+    threads = [threading.Thread(target=run, args=(n,)) for n in ("sst", "nli", "sts", "mrpc")]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    for name in ("sst", "nli"):
+    for name in ("sst", "nli", "mrpc"):
         data = results[name].json()["data"]
         got = torch.tensor([[row["scores"][k] for k in row["scores"]] for row in data])
         torch.testing.assert_close(got, refs[name], rtol=1e-4, atol=1e-5)
+    # heads of 1, 2 and 3 outputs served by one base, whatever batch they shared
+    assert len(results["mrpc"].json()["data"][0]["scores"]) == 2
+    sts = results["sts"].json()["data"]
+    assert [row["label"] for row in sts] == [None] * len(texts)
+    torch.testing.assert_close(torch.tensor([[row["score"]] for row in sts]), refs["sts"], rtol=1e-4, atol=1e-5)
     assert set(results["sst"].json()["data"][0]["scores"]) == {"negative", "neutral", "positive"}
     assert results["nli"].json()["data"][0]["label"].startswith("LABEL_")
     r = httpx.post(server.url + "/v1/completions", json={"model": "sst", "prompt": "x"})
@@ -310,10 +327,6 @@ def test_classify_mixed_adapters_equal_each_alone(classifier_server) -> None:
 def test_cli_parser_is_wired() -> None:
     from lorakit.cli import build_parser
 
-    parser = build_parser()
-    try:
-        args = parser.parse_args(["serve", "--model", "smollm2-135m", "--adapters", str(Path.cwd()),
-                                  "--max-loaded", "3"])
-    except SystemExit:  # not yet registered in lorakit.cli
-        pytest.skip("serve sub-command not registered in lorakit.cli yet")
+    args = build_parser().parse_args(["serve", "--model", "smollm2-135m", "--adapters", str(Path.cwd()),
+                                      "--max-loaded", "3"])
     assert args.max_loaded == 3 and args.func.__name__ == "run_serve"

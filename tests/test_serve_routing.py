@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import VOCAB, make
+from conftest import VOCAB, logits, make
 
 import lorakit
 from lorakit import LoraConfig
+from lorakit.adapters.io import read_adapter
+from lorakit.lora.routing import attach_routed, detach_routed, plan_routed_adapter
 
 
 def _alone(model: torch.nn.Module, ids: torch.Tensor, name: str | None, **kw) -> torch.Tensor:
@@ -109,3 +111,144 @@ def test_bad_routing_is_refused() -> None:
     lorakit.merge_adapters(model)
     with pytest.raises(RuntimeError, match="unmerge first"), lorakit.route_rows(model, ["qv4", None]):
         pass
+
+
+# --- adapters routed straight from their files (what the server does) -------------------------------------
+def _structure(model: torch.nn.Module) -> tuple:
+    """Everything attaching may change: module tree and every tensor."""
+    return ([(n, type(m).__name__) for n, m in model.named_modules()],
+            {k: v.clone() for k, v in model.state_dict().items()})
+
+
+def _same_structure(a: tuple, b: tuple) -> bool:
+    return a[0] == b[0] and a[1].keys() == b[1].keys() and all(torch.equal(a[1][k], b[1][k]) for k in a[1])
+
+
+def _route_files(model: torch.nn.Module, folder, names: list[str]) -> lorakit.RowRouting:
+    routing = lorakit.set_row_routing(model, lorakit.RowRouting())
+    for name in names:
+        config, tensors, _ = read_adapter(folder / name)
+        attach_routed(model, routing, name, plan_routed_adapter(model, config, tensors, source=name))
+    return routing
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_adapters_routed_from_files_equal_the_same_adapters_loaded_as_modules(arch: str, tmp_path) -> None:
+    """No LoRA modules are created for routed files, yet every row equals its adapter loaded the usual way
+    (embedding LoRA, several ranks and targets, GPT-2's fused q,v slices and a PEFT-style plain c_attn)."""
+    if arch == "llama":
+        maker = _llama_with_adapters()
+        makers = dict.fromkeys(["qv4", "all8", "emb2"], maker)
+    else:  # a slice adapter and a plain one cannot share c_attn as modules; routed, they can
+        makers = {name: make("gpt2") for name in ("qv4", "all8", "emb2")}
+        lorakit.add_adapter(makers["qv4"], LoraConfig(r=4, init_lora_weights=False), "qv4")  # q,v slices
+        lorakit.add_adapter(makers["all8"], LoraConfig(r=2, target_modules=["c_attn", "c_fc"],
+                                                       init_lora_weights=False), "all8")  # all of c_attn, as PEFT
+        lorakit.add_adapter(makers["emb2"], LoraConfig(r=2, target_modules=["wte"], init_lora_weights=False), "emb2")
+    names = list(makers)
+    for name, maker in makers.items():
+        lorakit.save_adapter(maker, tmp_path / name, name)
+    served = make(arch)
+    routing = _route_files(served, tmp_path, names)
+    assert not lorakit.adapter_names(served)  # no module adapters at all
+    assert not [n for n, _ in served.named_parameters() if "lora" in n]
+    ids = torch.randint(3, VOCAB, (5, 9), generator=torch.Generator().manual_seed(8))
+    rows = ["all8", "qv4", None, "emb2", "qv4"]
+    with torch.no_grad():
+        routing.set_rows(rows)
+        mixed = served(input_ids=ids).logits
+        routing.set_rows(["all8"] * 5)
+        single = served(input_ids=ids).logits
+    alone = {}
+    for name in names:
+        alone[name] = make(arch)
+        lorakit.load_adapter(alone[name], tmp_path / name, name)
+    base = logits(make(arch), ids)
+    for i, name in enumerate(rows):
+        expected = base[i:i + 1] if name is None else logits(alone[name], ids[i:i + 1])
+        torch.testing.assert_close(mixed[i:i + 1], expected, rtol=1e-5, atol=1e-5)
+        if name is not None:
+            assert (expected - base[i:i + 1]).abs().max() > 1e-3
+    torch.testing.assert_close(single, logits(alone["all8"], ids), rtol=1e-5, atol=1e-5)
+
+
+def test_in_place_update_equals_the_differentiable_one() -> None:
+    """Without gradients the update is added into the base output in place; with them, out of place."""
+    model = _llama_with_adapters()
+    ids = torch.randint(3, VOCAB, (4, 5), generator=torch.Generator().manual_seed(9))
+    with lorakit.route_rows(model, ["qv4", "all8", None, "qv4"]):
+        with torch.no_grad():
+            in_place = model(input_ids=ids).logits
+        with torch.enable_grad():
+            differentiable = model(input_ids=ids).logits
+    assert differentiable.requires_grad
+    torch.testing.assert_close(in_place, differentiable.detach())
+
+
+def test_heads_of_different_widths_share_a_batch(tmp_path) -> None:
+    """Task adapters with 1, 2 and 3 labels on one base: each row's first width columns equal that adapter
+    alone, the rest are NaN."""
+    for labels in (1, 2, 3):
+        task = make("bert", seed=labels)
+        task.classifier = torch.nn.Linear(32, labels)
+        lorakit.add_adapter(task, LoraConfig(r=4, modules_to_save=["classifier"], init_lora_weights=False),
+                            f"t{labels}")
+        lorakit.save_adapter(task, tmp_path / f"t{labels}", f"t{labels}")
+    served = make("bert")
+    routing = _route_files(served, tmp_path, ["t1", "t2", "t3"])
+    ids = torch.randint(3, VOCAB, (4, 6), generator=torch.Generator().manual_seed(10))
+    rows = ["t3", "t1", None, "t2"]
+    routing.set_rows(rows)
+    with torch.no_grad():
+        mixed = served(input_ids=ids).logits
+    assert mixed.shape == (4, 3)
+    for i, name in enumerate(rows):
+        alone = make("bert")
+        if name is not None:
+            lorakit.load_adapter(alone, tmp_path / name, name, head_size_from_file=True)
+        expected = logits(alone, ids[i:i + 1])[0]
+        torch.testing.assert_close(mixed[i, :expected.shape[0]], expected, rtol=1e-5, atol=1e-5)
+        assert torch.isnan(mixed[i, expected.shape[0]:]).all()
+
+
+def test_a_file_that_does_not_fit_changes_nothing(tmp_path) -> None:
+    maker = _llama_with_adapters()
+    lorakit.save_adapter(maker, tmp_path / "qv4", "qv4")
+    served = make("llama")
+    routing = _route_files(served, tmp_path, ["qv4"])
+    before = _structure(served)
+    config, tensors, _ = read_adapter(tmp_path / "qv4")
+    key = next(k for k in tensors if k.endswith("v_proj.lora_B.weight"))
+    cases = {
+        "missing tensor": {k: v for k, v in tensors.items() if k != key},
+        "has shape": {**tensors, key: tensors[key][:, :2]},
+        "unexpected tensor": {**tensors, "base_model.model.model.norm.lora_A.weight": tensors[key]},
+    }
+    for message, bad in cases.items():
+        with pytest.raises(lorakit.AdapterMismatchError, match=message):
+            plan_routed_adapter(served, config, bad, source="bad.safetensors")
+    with pytest.raises(lorakit.AdapterMismatchError, match="bias='all'"):
+        plan_routed_adapter(served, config.replace(bias="all"), tensors)
+    with pytest.raises(ValueError, match="already routed"):
+        attach_routed(served, routing, "qv4", plan_routed_adapter(served, config, tensors))
+    assert _same_structure(before, _structure(served)) and routing.names == ["qv4"]
+
+
+def test_detach_frees_the_adapter_and_its_head(tmp_path) -> None:
+    task = make("roberta", seed=3)
+    lorakit.add_adapter(task, LoraConfig(r=4, modules_to_save=["classifier"], init_lora_weights=False), "sst")
+    lorakit.save_adapter(task, tmp_path / "sst", "sst")
+    served = make("roberta")
+    ids = torch.randint(3, VOCAB, (2, 6), generator=torch.Generator().manual_seed(11))
+    base = logits(served, ids)
+    routing = _route_files(served, tmp_path, ["sst"])
+    routing.set_rows(["sst", None])
+    with torch.no_grad():
+        assert (served(input_ids=ids).logits[0] - base[0]).abs().max() > 1e-3
+    detach_routed(served, routing, "sst")
+    assert routing.names == [] and routing.rows is None
+    assert not list(served.classifier.modules_to_save)
+    with pytest.raises(KeyError, match="sst"):
+        routing.set_rows(["sst", None])
+    routing.set_rows([None, None])
+    torch.testing.assert_close(logits(served, ids), base)

@@ -1,7 +1,7 @@
 """LoRA layers and the operations that put them into a model (no files, no data, no training)."""
 
 from .config import ARCHITECTURE_DEFAULTS, LoraConfig
-from .layers import Embedding, FusedLinear, Linear, LoraLayer, ModulesToSave, RowRouting
+from .layers import Embedding, FusedLinear, Linear, LoraLayer, ModulesToSave
 from .model import (
     activate_adapter,
     active_adapters,
@@ -18,13 +18,12 @@ from .model import (
     merge_adapters,
     merge_and_unload,
     merged_adapters,
-    route_rows,
     set_active_adapters,
-    set_row_routing,
     set_trainable,
     unload,
     unmerge_adapters,
 )
+from .routing import RowRouting, route_rows, set_row_routing
 from .state import AdapterMismatchError, adapter_state_dict, load_adapter_state_dict
 
 __all__ = [

@@ -12,12 +12,15 @@ Merging adds ``scaling * B A`` to the base weight in place; it only ever happens
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
+
+if TYPE_CHECKING:
+    from .routing import RowRouting
 
 
 def lora_scaling(r: int, alpha: float, use_rslora: bool) -> float:
@@ -129,8 +132,7 @@ class LoraLayer(nn.Module):
             return result
         routing = self.routing
         if routing is not None and routing.rows is not None:
-            delta = routing.delta(self, x)
-            return result if delta is None else result + delta.to(result.dtype)
+            return routing.add_delta(self, x, result)
         for name in self.active_adapters:
             if name not in self.merged_adapters:
                 result = result + self._delta_output(x, name)
@@ -157,13 +159,13 @@ class LoraLayer(nn.Module):
     def delta_weight(self, name: str) -> torch.Tensor:
         raise NotImplementedError
 
-    def row_factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(A^T: in x r, scaling * B^T: r x out) of adapter ``name``, so that its update is ``x @ A^T @ B^T``;
-        what per-row routing gathers for each row of a mixed batch."""
+    def row_factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(A: r x in, B: out x r, scaling) of adapter ``name`` as a plain LoRA, its update being
+        ``scaling * x A^T B^T``: what per-row routing stacks for a mixed batch."""
         raise NotImplementedError
 
 
-def _features(base: nn.Module) -> tuple[int, int, bool]:
+def features(base: nn.Module) -> tuple[int, int, bool]:
     """(in_features, out_features, fan_in_fan_out) of a Linear or GPT-2 Conv1D (weight stored as in x out)."""
     if isinstance(base, nn.Linear):
         return base.in_features, base.out_features, False
@@ -180,7 +182,7 @@ class Linear(LoraLayer):
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
-        self.in_features, self.out_features, self.fan_in_fan_out = _features(base_layer)
+        self.in_features, self.out_features, self.fan_in_fan_out = features(base_layer)
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
         self.lora_dropout = nn.ModuleDict()
@@ -209,8 +211,8 @@ class Linear(LoraLayer):
         delta = (b @ a) * self.scaling[name]
         return delta.T if self.fan_in_fan_out else delta
 
-    def row_factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.lora_A[name].weight.T, (self.lora_B[name].weight * self.scaling[name]).T
+    def row_factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor, float]:
+        return self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name]
 
 
 class FusedLinear(Linear):
@@ -257,9 +259,9 @@ class FusedLinear(Linear):
         delta = (b.float() @ a.float()) * self.scaling[name]
         return delta.T if self.fan_in_fan_out else delta
 
-    def row_factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def row_factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor, float]:
         a, b = self.to_full_rank_lora(name)  # zeros in k's rows: the slices come out exactly as in forward
-        return a.T, (b * self.scaling[name]).T
+        return a, b, self.scaling[name]
 
     def to_full_rank_lora(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The same update as one plain LoRA of rank k*r: A stacked (k*r x in) and a block-structured B
@@ -328,9 +330,9 @@ class Embedding(LoraLayer):
         b = self.lora_embedding_B[name].float()
         return (b @ a).T * self.scaling[name]
 
-    def row_factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(A^T: num_embeddings x r, scaling * B^T: r x dim): looked up rather than multiplied."""
-        return self.lora_embedding_A[name].T, (self.lora_embedding_B[name] * self.scaling[name]).T
+    def row_factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(A: r x num_embeddings, B: dim x r, scaling): A's columns are looked up rather than multiplied."""
+        return self.lora_embedding_A[name], self.lora_embedding_B[name], self.scaling[name]
 
 
 class ModulesToSave(nn.Module):
@@ -387,137 +389,3 @@ class ModulesToSave(nn.Module):
         if routing is not None and routing.rows is not None and not self.disabled:
             return routing.saved_forward(self, *args, **kwargs)
         return self.current(*args, **kwargs)
-
-
-class RowRouting:
-    """Which adapter each row of a batch uses (``None``: the bare base model), so one forward pass serves
-    requests for different adapters.
-
-    Why: a server holds one base model and many adapters; running each adapter's requests separately (or
-    merging weights) would serialise them. Per LoRA layer, the factors of each row's adapter are gathered
-    into ``(rows, in, r_max)`` and ``(rows, r_max, out)`` tensors (ranks zero-padded, zeros for rows whose
-    adapter does not touch the layer) and the update is two batched matmuls, whatever the mix; embeddings
-    look up all the batch's adapters at once and mask each row to its own. The gathered tensors are built
-    once per batch composition and reused by every forward until ``rows`` changes. Only the per-adapter
-    copies of ``modules_to_save`` (classification heads, which may differ in kind) run once per adapter,
-    each on its own rows. Inference only: dropout is not applied.
-    """
-
-    keep_compositions = 4  # a server alternates between a prefill's rows and the running batch's rows
-
-    def __init__(self, rows: Sequence[str | None] | None = None, known: Sequence[str] | None = None) -> None:
-        self.rows: tuple[str | None, ...] | None = None
-        self.known = set(known) if known is not None else None
-        self._entries: dict[int, object] = {}
-        self._compositions: dict[tuple[str | None, ...], dict[int, object]] = {}
-        if rows is not None:
-            self.set_rows(rows)
-
-    def set_rows(self, rows: Sequence[str | None] | None) -> None:
-        """Route the next forward passes' rows; a composition seen recently keeps its gathered factors."""
-        rows = tuple(rows) if rows is not None else None
-        if rows == self.rows:
-            return
-        if rows is not None and self.known is not None:
-            unknown = sorted({r for r in rows if r is not None} - self.known)
-            if unknown:
-                raise KeyError(f"no adapters named {unknown}; the model has {sorted(self.known) or 'none'}")
-        self.rows = rows
-        if rows is None:
-            return
-        entries = self._compositions.pop(rows, None)
-        self._entries = entries if entries is not None else {}
-        self._compositions[rows] = self._entries  # most recent last
-        while len(self._compositions) > self.keep_compositions:
-            del self._compositions[next(iter(self._compositions))]
-
-    def clear(self) -> None:
-        """Forget the gathered factors (adapters were added, removed or changed)."""
-        self._compositions.clear()
-        self._entries = {}
-        if self.rows is not None:
-            self._compositions[self.rows] = self._entries
-
-    def _check_rows(self, layer: nn.Module, batch: int) -> None:
-        if batch != len(self.rows):
-            raise ValueError(f"{type(layer).__name__}: the input has {batch} rows but the routing names "
-                             f"{len(self.rows)} adapters; route exactly one adapter (or None) per row")
-
-    def _prepare(self, layer: LoraLayer) -> object:
-        names = [n for n in dict.fromkeys(self.rows) if n is not None and n in layer.r]
-        if not names:
-            return None
-        weight = layer.base_layer.weight
-        factors = [layer.row_factors(n) for n in names]
-        if isinstance(layer, Embedding):  # one lookup into all adapters' tables, each row masked to its own
-            table = torch.cat([a for a, _ in factors], dim=1)
-            b_all = torch.cat([b for _, b in factors], dim=0)
-            offsets = [0]
-            for a, _ in factors:
-                offsets.append(offsets[-1] + a.shape[1])
-            mask = table.new_zeros(len(self.rows), 1, table.shape[1])
-            for row, name in enumerate(self.rows):
-                if name in names:
-                    j = names.index(name)
-                    mask[row, 0, offsets[j]:offsets[j + 1]] = 1
-            return table, mask, b_all
-        r_max = max(a.shape[1] for a, _ in factors)
-        a_bank = weight.new_zeros(len(names) + 1, factors[0][0].shape[0], r_max, dtype=factors[0][0].dtype)
-        b_bank = weight.new_zeros(len(names) + 1, r_max, factors[0][1].shape[1], dtype=factors[0][1].dtype)
-        for j, (a, b) in enumerate(factors):  # slot len(names) stays zero: rows on the base or another adapter
-            a_bank[j, :, :a.shape[1]] = a
-            b_bank[j, :b.shape[0]] = b
-        slot = {n: j for j, n in enumerate(names)}
-        index = torch.tensor([slot.get(n, len(names)) for n in self.rows], device=a_bank.device)
-        if bool((index == index[0]).all()) and int(index[0]) < len(names):  # one adapter for all rows
-            return factors[int(index[0])]
-        return a_bank.index_select(0, index), b_bank.index_select(0, index)
-
-    def delta(self, layer: LoraLayer, x: torch.Tensor) -> torch.Tensor | None:
-        """The LoRA update of ``layer`` for input ``x`` (rows first), each row through its own adapter."""
-        self._check_rows(layer, x.shape[0])
-        key = id(layer)
-        if key not in self._entries:
-            self._entries[key] = self._prepare(layer)
-        entry = self._entries[key]
-        if entry is None:
-            return None
-        if isinstance(layer, Embedding):
-            table, mask, b_all = entry
-            base = layer.base_layer
-            looked_up = F.embedding(x, table, base.padding_idx, base.max_norm, base.norm_type)
-            if looked_up.dim() == 2:
-                return (looked_up * mask[:, 0]) @ b_all
-            return (looked_up * mask) @ b_all
-        a, b = entry
-        h = x.to(a.dtype)
-        if a.dim() == 2:  # every row uses the same adapter: plain matmuls
-            return (h @ a) @ b
-        if h.dim() == 2:
-            return torch.bmm(torch.bmm(h[:, None], a), b)[:, 0]
-        flat = h.reshape(h.shape[0], -1, h.shape[-1])
-        return torch.bmm(torch.bmm(flat, a), b).reshape(*h.shape[:-1], b.shape[-1])
-
-    def saved_forward(self, wrapper: ModulesToSave, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        """Each row through its adapter's copy of the module (the original for base rows): one call per
-        adapter present, outputs put back in row order."""
-        self._check_rows(wrapper, x.shape[0])
-        groups: dict[str | None, list[int]] = {}
-        for row, name in enumerate(self.rows):
-            groups.setdefault(name if name in wrapper.modules_to_save else None, []).append(row)
-        if len(groups) == 1:
-            (name,) = groups
-            module = wrapper.original_module if name is None else wrapper.modules_to_save[name]
-            return module(x, *args, **kwargs)
-        out = None
-        for name, rows in groups.items():
-            module = wrapper.original_module if name is None else wrapper.modules_to_save[name]
-            index = torch.tensor(rows, device=x.device)
-            y = module(x.index_select(0, index), *args, **kwargs)
-            if out is None:
-                out = y.new_zeros(x.shape[0], *y.shape[1:])
-            if y.shape[1:] != out.shape[1:]:
-                raise RuntimeError(f"adapters' copies of this module give outputs of shapes {list(y.shape[1:])} "
-                                   f"and {list(out.shape[1:])}; they cannot share a batch")
-            out.index_copy_(0, index, y)
-        return out

@@ -7,7 +7,7 @@ back. Every operation either completes or leaves the model as it was.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
@@ -15,7 +15,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .config import LoraConfig, name_matches
-from .layers import Embedding, FusedLinear, Linear, LoraLayer, ModulesToSave, RowRouting
+from .layers import Embedding, FusedLinear, Linear, LoraLayer, ModulesToSave
 
 _CONFIGS = "_lorakit_configs"
 _ACTIVE = "_lorakit_active"
@@ -47,7 +47,7 @@ def saved_modules(model: nn.Module) -> Iterator[tuple[str, ModulesToSave]]:
             yield path, module
 
 
-def _wrappers(model: nn.Module) -> Iterator[LoraLayer | ModulesToSave]:
+def wrappers(model: nn.Module) -> Iterator[LoraLayer | ModulesToSave]:
     for _, module in model.named_modules():
         if isinstance(module, (LoraLayer, ModulesToSave)):
             yield module
@@ -61,27 +61,33 @@ def adapter_config(model: nn.Module, name: str) -> LoraConfig:
     return configs[name]
 
 
-def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
+def set_module(model: nn.Module, path: str, module: nn.Module) -> None:
     parent_path, _, child = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     setattr(parent, child, module)
 
 
 # --- adding and removing ------------------------------------------------------------------------------
-def _candidate_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+def candidate_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """Module paths as the user knows them: LoRA layers count as the module they wrap, and nothing
     inside a wrapper (its base layer, its adapters, saved copies) is a candidate itself."""
-    inside: list[str] = []
-    for path, module in model.named_modules():
-        if any(path.startswith(prefix + ".") for prefix in inside):
-            continue
-        if isinstance(module, (LoraLayer, ModulesToSave)):
-            inside.append(path)
-        if path:
-            yield path, module
+    seen: set[int] = set()
+
+    def walk(module: nn.Module, prefix: str) -> Iterator[tuple[str, nn.Module]]:
+        for child_name, child in module._modules.items():
+            if child is None or id(child) in seen:
+                continue
+            seen.add(id(child))
+            path = f"{prefix}.{child_name}" if prefix else child_name
+            yield path, child
+            if not isinstance(child, (LoraLayer, ModulesToSave)):
+                yield from walk(child, path)
+
+    seen.add(id(model))
+    yield from walk(model, "")
 
 
-def _make_layer(path: str, module: nn.Module, fused_mask: list[bool] | None) -> LoraLayer:
+def make_layer(path: str, module: nn.Module, fused_mask: list[bool] | None) -> LoraLayer:
     if fused_mask is not None:
         if not isinstance(module, (nn.Linear, Conv1D)):
             raise TypeError(f"{path}: fused q/k/v LoRA needs nn.Linear or Conv1D, got {type(module).__name__}")
@@ -134,13 +140,13 @@ def _set_adapter_grad(model: nn.Module, name: str, trainable: bool) -> None:
 
 def _inject(model: nn.Module, config: LoraConfig, name: str) -> None:
     targets, saved = [], []
-    for path, module in _candidate_modules(model):
+    for path, module in candidate_modules(model):
         if config.is_target(path):
             targets.append((path, module))
         elif config.modules_to_save and any(name_matches(m, path) for m in config.modules_to_save):
             saved.append((path, module))
     if not targets:
-        sample = [p for p, m in _candidate_modules(model) if isinstance(m, (nn.Linear, Conv1D))][:8]
+        sample = [p for p, m in candidate_modules(model) if isinstance(m, (nn.Linear, Conv1D))][:8]
         raise ValueError(f"target_modules={config.target_modules!r} matched no module; Linear modules here "
                          f"include {sample}")
     configs = dict(adapter_configs(model))
@@ -152,15 +158,15 @@ def _inject(model: nn.Module, config: LoraConfig, name: str) -> None:
             _check_layer_kind(path, module, mask)
             layer = module
         else:
-            layer = _make_layer(path, module, mask)
-            _set_module(model, path, layer)
+            layer = make_layer(path, module, mask)
+            set_module(model, path, layer)
         layer.add_adapter(name, config.rank_for(path), config.alpha_for(path), config.lora_dropout,
                           config.use_rslora, config.init_lora_weights)
     for path, module in saved:
         wrapper = module if isinstance(module, ModulesToSave) else ModulesToSave(module)
         wrapper.add_adapter(name)
         if wrapper is not module:
-            _set_module(model, path, wrapper)
+            set_module(model, path, wrapper)
 
 
 @contextmanager
@@ -199,7 +205,7 @@ def _remove_from_layers(model: nn.Module, name: str) -> None:
             module.delete_adapter(name)
         if not module.adapter_names:  # also a wrapper left empty by a failed add
             original = module.base_layer if isinstance(module, LoraLayer) else module.original_module
-            _set_module(model, path, original)
+            set_module(model, path, original)
 
 
 def delete_adapter(model: nn.Module, name: str) -> None:
@@ -224,7 +230,7 @@ def set_active_adapters(model: nn.Module, names: str | list[str]) -> None:
         if set(merged) - set(names):
             raise RuntimeError(f"adapters {merged} are merged into the weights: unmerge before deactivating")
     setattr(model, _ACTIVE, names)
-    for module in _wrappers(model):
+    for module in wrappers(model):
         module.set_active(names)
 
 
@@ -243,47 +249,18 @@ def deactivate_adapter(model: nn.Module, name: str) -> None:
 def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
     """Run the bare base model inside the block: merged adapters are taken out and put back after."""
     merged = {id(layer): list(layer.merged_adapters) for _, layer in lora_layers(model)}
-    wrappers = [(module, module.disabled) for module in _wrappers(model)]  # restore, so blocks can nest
+    saved = [(module, module.disabled) for module in wrappers(model)]  # restore, so blocks can nest
     for _, layer in lora_layers(model):
         layer.unmerge()
-    for module, _ in wrappers:
+    for module, _ in saved:
         module.disabled = True
     try:
         yield model
     finally:
-        for module, was_disabled in wrappers:
+        for module, was_disabled in saved:
             module.disabled = was_disabled
         for _, layer in lora_layers(model):
             layer.merge(merged.get(id(layer), []))
-
-
-def set_row_routing(model: nn.Module, routing: RowRouting | None) -> RowRouting | None:
-    """Give every LoRA layer and saved-module wrapper ``routing`` (``None`` takes it away): while its ``rows``
-    are set, row ``i`` of a batch runs through adapter ``rows[i]`` alone (``None``: the base model), whatever
-    adapters are active. Install again after adding or deleting adapters (new layers do not have it)."""
-    if routing is not None:
-        merged = merged_adapters(model)
-        if merged:
-            raise RuntimeError(f"adapters {merged} are merged into the weights; per-row routing needs the bare "
-                               "base weights: unmerge first")
-        routing.known = set(adapter_names(model))
-        routing.clear()
-    for module in _wrappers(model):
-        module.routing = routing
-    return routing
-
-
-@contextmanager
-def route_rows(model: nn.Module, rows: Sequence[str | None]) -> Iterator[RowRouting]:
-    """Inside the block, row ``i`` of every batch uses adapter ``rows[i]`` (``None``: no adapter): a batch
-    of requests for different adapters (and the base) runs in one forward pass."""
-    routing = RowRouting(known=adapter_names(model))
-    routing.set_rows(rows)
-    set_row_routing(model, routing)
-    try:
-        yield routing
-    finally:
-        set_row_routing(model, None)
 
 
 def set_trainable(model: nn.Module, name: str) -> None:
@@ -364,9 +341,9 @@ def unload(model: nn.Module) -> nn.Module:
 def _strip(model: nn.Module, keep) -> nn.Module:
     """Swap every LoRA layer for its base layer and every saved-module wrapper for ``keep(wrapper)``."""
     for path, layer in list(lora_layers(model)):
-        _set_module(model, path, layer.base_layer)
+        set_module(model, path, layer.base_layer)
     for path, wrapper in list(saved_modules(model)):
-        _set_module(model, path, keep(wrapper))
+        set_module(model, path, keep(wrapper))
     _forget_adapters(model)
     return model
 

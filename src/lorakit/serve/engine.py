@@ -449,8 +449,10 @@ class Engine:
         logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs).logits.float()
         self.metrics.prefill(int(mask.sum()))
         out: dict[int, list[torch.Tensor]] = {}
-        for k, (job, _) in enumerate(rows):
-            out.setdefault(id(job), []).append(logits[k])
+        base_width = getattr(self.model.config, "num_labels", logits.shape[-1])
+        for k, (job, _) in enumerate(rows):  # heads of other widths come back NaN-padded to the widest
+            width = (self.pool.slots[job.adapter].width if job.adapter is not None else None) or base_width
+            out.setdefault(id(job), []).append(logits[k, :width])
         for job in {id(j): j for j, _ in rows}.values():
             labels = self.pool.slots[job.adapter].labels if job.adapter is not None else None
             if not job.future.done():

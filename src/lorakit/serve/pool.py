@@ -1,8 +1,10 @@
 """Adapters attached to the served model: at most ``max_loaded``, least recently used leaves first.
 
-Only the engine thread touches this (attaching changes the model's modules, which must not happen during
-a forward pass). Adapters are attached under internal slot names, so a public name never reaches the
-model's module tree; an adapter in use by a running row is never evicted.
+Only the engine thread touches this (attaching changes what the model computes, which must not happen
+during a forward pass). Adapters go straight from their file's tensors into the per-row routing's banks
+(``lorakit.lora.routing``): no LoRA modules are created, so attaching one takes about a millisecond. They
+are routed under internal slot names, so a public name never reaches the model's module tree; an adapter
+in use by a running row is never evicted.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..lora.layers import RowRouting
-from ..lora.model import add_adapter, delete_adapter, rollback_on_error, set_row_routing
-from ..lora.state import AdapterMismatchError, load_adapter_state_dict
+from ..adapters.io import WEIGHTS_NAME
+from ..lora.model import candidate_modules
+from ..lora.routing import RowRouting, attach_routed, detach_routed, plan_routed_adapter, set_row_routing
+from ..lora.state import AdapterMismatchError
 from .registry import AdapterRefused, ReadAdapter
 
 
@@ -26,8 +29,9 @@ class PoolFull(RuntimeError):
 @dataclass
 class Slot:
     name: str  # public
-    slot: str  # inside the model
+    slot: str  # inside the routing
     labels: list[str] | None
+    width: int | None = None  # outputs of its classification head, when it brings one
     refs: int = 0
     unload_requested: bool = False
 
@@ -41,11 +45,11 @@ class AdapterPool:
         self.model = model
         self.max_loaded = max_loaded
         self.slots: OrderedDict[str, Slot] = OrderedDict()  # least recently used first
-        self.routing = RowRouting()
+        self.routing = set_row_routing(model, RowRouting())
         self._ids = itertools.count()
+        self._modules: list[tuple[str, nn.Module]] | None = None  # module paths, until modules get wrapped
         self.loads = 0
         self.evictions = 0
-        set_row_routing(model, self.routing)
 
     def __contains__(self, name: str) -> bool:
         return name in self.slots
@@ -64,10 +68,22 @@ class AdapterPool:
 
     def attach(self, adapter: ReadAdapter) -> Slot:
         """Put ``adapter`` into the model (evicting the least recently used idle one if full). Raises
-        ``PoolFull`` when all are busy, ``AdapterRefused`` when it does not fit this base (the model is then
-        exactly as before)."""
+        ``PoolFull`` when all are busy, ``AdapterRefused`` when it does not fit this base (checked before
+        anything changes: the model and the other adapters stay exactly as they were)."""
         if adapter.name in self.slots:
             return self.slots[adapter.name]
+        model_type = getattr(getattr(self.model, "config", None), "model_type", None)
+        saved_type = (adapter.meta or {}).get("model_type")
+        if saved_type and model_type and saved_type != model_type:
+            raise AdapterRefused(f"adapter {adapter.name!r} was made for a {saved_type!r} model, the served base is "
+                                 f"{model_type!r}; refused")
+        if self._modules is None:
+            self._modules = list(candidate_modules(self.model))
+        try:
+            plan = plan_routed_adapter(self.model, adapter.config, adapter.tensors,
+                                       source=str(adapter.folder / WEIGHTS_NAME), candidates=self._modules)
+        except (AdapterMismatchError, ValueError, TypeError) as err:
+            raise AdapterRefused(f"adapter {adapter.name!r} does not fit the served base model: {err}") from err
         if len(self.slots) >= self.max_loaded:
             idle = next((n for n, s in self.slots.items() if s.refs == 0), None)
             if idle is None:
@@ -75,22 +91,9 @@ class AdapterPool:
             self.detach(idle)
             self.evictions += 1
         slot = f"s{next(self._ids)}"
-        source = str(adapter.folder)
-        model_type = getattr(getattr(self.model, "config", None), "model_type", None)
-        saved_type = (adapter.meta or {}).get("model_type")
-        if saved_type and model_type and saved_type != model_type:
-            raise AdapterRefused(f"adapter {adapter.name!r} was made for a {saved_type!r} model, the served base is "
-                                 f"{model_type!r}; refused")
-        try:
-            with rollback_on_error(self.model, slot):
-                add_adapter(self.model, adapter.config, slot, activate=False)
-                load_adapter_state_dict(self.model, adapter.tensors, slot, source=source)
-        except (AdapterMismatchError, ValueError, TypeError) as err:
-            set_row_routing(self.model, self.routing)
-            raise AdapterRefused(f"adapter {adapter.name!r} does not fit the served base model: {err}") from err
-        self.model.eval()
-        set_row_routing(self.model, self.routing)  # new LoRA layers need it too
-        entry = Slot(adapter.name, slot, adapter.labels)
+        if attach_routed(self.model, self.routing, slot, plan):
+            self._modules = None  # new wrappers: paths now lead to them
+        entry = Slot(adapter.name, slot, adapter.labels, plan.head_width)
         self.slots[adapter.name] = entry
         self.loads += 1
         return entry
@@ -98,5 +101,4 @@ class AdapterPool:
     def detach(self, name: str) -> None:
         """Remove adapter ``name`` from the model (its rows must be done)."""
         entry = self.slots.pop(name)
-        delete_adapter(self.model, entry.slot)
-        set_row_routing(self.model, self.routing)
+        detach_routed(self.model, self.routing, entry.slot)
