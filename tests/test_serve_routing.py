@@ -252,3 +252,23 @@ def test_detach_frees_the_adapter_and_its_head(tmp_path) -> None:
         routing.set_rows(["sst", None])
     routing.set_rows([None, None])
     torch.testing.assert_close(logits(served, ids), base)
+
+
+def test_banks_grow_as_adapters_arrive_and_every_adapter_stays_exact() -> None:
+    """Slots and ranks outgrow the banks several times (each growth moves every adapter already there)."""
+    model = make("llama")
+    names = []
+    for i, r in enumerate((2, 8, 4, 16, 1, 3)):
+        names.append(f"a{i}")
+        lorakit.add_adapter(model, LoraConfig(r=r, init_lora_weights=False), names[-1], activate=False)
+    ids = torch.randint(3, VOCAB, (2, 5), generator=torch.Generator().manual_seed(12))
+    expected = {name: _alone(model, ids, name) for name in names}
+    with lorakit.route_rows(model, [None, None]) as routing, torch.no_grad():
+        for name in names:
+            routing.set_rows([name, name])
+            routing.prepare()
+            torch.testing.assert_close(model(input_ids=ids).logits, expected[name], rtol=1e-5, atol=1e-5)
+        routing.set_rows(names[:2])
+        mixed = model(input_ids=ids).logits
+    for i in range(2):
+        torch.testing.assert_close(mixed[i], expected[names[i]][i], rtol=1e-5, atol=1e-5)

@@ -63,17 +63,25 @@ class _Bank:
         b[:old_l, :old_s, :, :old_r] = self.b
         self.a, self.b = a, b
 
-    def put(self, slot: int, layers: list[LoraLayer], a: torch.Tensor, b: torch.Tensor) -> None:
-        """Store stacked ``a`` (n, r, in) and scaled ``b`` (n, out, r) of ``layers`` in ``slot``."""
+    def put(self, slot: int, layers: list[LoraLayer], a: torch.Tensor, b: torch.Tensor) -> bool:
+        """Store stacked ``a`` (n, r, in) and scaled ``b`` (n, out, r) of ``layers`` in ``slot``; returns
+        whether the bank was reallocated (views into the old one are then stale)."""
         for layer in layers:
             if layer not in self.positions:
                 self.positions[layer] = self.size
                 self.size += 1
         r = a.shape[1]
+        before = self.a
         self._grow(self.size, slot + 1, r)
         index = torch.tensor([self.positions[layer] for layer in layers], device=self.a.device)
         self.a[:, slot, :r].index_copy_(0, index, a.to(self.a.dtype))
         self.b[:, slot, :, :r].index_copy_(0, index, b.to(self.b.dtype))
+        return self.a is not before
+
+    def views(self, layer: LoraLayer, slot: int, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A: r x in, B: out x r) of ``slot`` in ``layer``: views, no copy."""
+        pos = self.positions[layer]
+        return self.a[pos, slot, :r], self.b[pos, slot, :, :r]
 
     def clear(self, slot: int) -> None:
         if slot < self.a.shape[1]:
@@ -105,6 +113,8 @@ class RowRouting:
         self._banks: dict[tuple, _Bank] = {}
         self._bank_of: dict[LoraLayer, _Bank] = {}
         self._ranks: dict[LoraLayer, dict[int, int]] = {}  # layer -> {slot: rank} of the adapters touching it
+        self._single: dict[LoraLayer, dict[int, tuple]] = {}  # layer -> {slot: its factors as bank views}
+        self._one_slot: int | None = None  # the slot of every row, when they all use one adapter
         self._from_model: set[str] = set()
         self._row_slots: tuple[int, ...] = ()
         self._entries: dict[LoraLayer, object] = {}
@@ -138,10 +148,12 @@ class RowRouting:
                 a = torch.stack([f[0] for _, f in items])
                 scales = torch.tensor([f[2] for _, f in items], dtype=a.dtype, device=a.device)
                 b = torch.stack([f[1] for _, f in items]) * scales[:, None, None]
-                bank.put(slot, layers, a, b)
+                moved = bank.put(slot, layers, a, b)
                 for layer in layers:
                     self._bank_of[layer] = bank
                     self._ranks.setdefault(layer, {})[slot] = a.shape[1]
+                for layer in bank.positions if moved else layers:  # views for switching without any op
+                    self._single[layer] = {s: bank.views(layer, s, r) for s, r in self._ranks[layer].items()}
         except BaseException:
             self._clear_slot(slot)
             self._free.append(slot)
@@ -164,6 +176,8 @@ class RowRouting:
             bank.clear(slot)
         for ranks in self._ranks.values():
             ranks.pop(slot, None)
+        for views in self._single.values():
+            views.pop(slot, None)
 
     def sync(self, model: nn.Module) -> None:
         """Copy the model's own adapters in again (after they were added, removed or trained); adapters
@@ -171,7 +185,7 @@ class RowRouting:
         for name in list(self._from_model):
             self.detach(name)
         for layer in [layer for layer, ranks in self._ranks.items() if not ranks]:  # it may have left the model
-            del self._ranks[layer]
+            del self._ranks[layer], self._single[layer]
             del self._bank_of[layer].positions[layer], self._bank_of[layer]
         rows = self.rows
         for name in adapter_names(model):
@@ -192,6 +206,8 @@ class RowRouting:
             raise KeyError(f"no adapters named {unknown}; routable: {sorted(self._slots) or 'none'}")
         self.rows = rows
         self._row_slots = tuple(0 if r is None else self._slots[r] for r in rows)
+        first = self._row_slots[0] if self._row_slots else 0
+        self._one_slot = first if first and self._row_slots.count(first) == len(self._row_slots) else None
         entries = self._compositions.pop(self._row_slots, None)
         self._entries = entries if entries is not None else {}
         self._compositions[self._row_slots] = self._entries  # most recent last
@@ -218,17 +234,15 @@ class RowRouting:
                              f"{len(self.rows)} adapters; route exactly one adapter (or None) per row")
 
     def _prepare(self, layer: LoraLayer) -> tuple | None:
+        if self._one_slot is not None:  # every row on one adapter: its own factors, kept as views
+            views = self._single.get(layer, {}).get(self._one_slot)
+            return None if views is None else ("one", *views)
         ranks = self._ranks.get(layer)
-        if not ranks:
-            return None
-        used = {s for s in self._row_slots if s in ranks}
+        used = {s for s in self._row_slots if s in ranks} if ranks else None
         if not used:
             return None
         bank = self._bank_of[layer]
         pos, r = bank.positions[layer], max(ranks[s] for s in used)
-        if len(used) == 1 and all(s in used for s in self._row_slots):  # one adapter for every row
-            (s,) = used
-            return "one", bank.a[pos, s, :r], bank.b[pos, s, :, :r]
         # rows on the base or on an adapter that does not touch this layer read zeros (slot 0)
         index = torch.tensor([s if s in used else 0 for s in self._row_slots], device=bank.a.device)
         b = bank.b[pos, :, :, :r].index_select(0, index)
