@@ -116,7 +116,12 @@ def main() -> None:
         result = run(url, args, names)
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # never leave a server behind to skew the next measurement
+            server.kill()
+            server.wait()
+            raise SystemExit("the server did not stop within 60 s of SIGTERM; killed") from None
     print(json.dumps({k: v for k, v in result.items() if k != "latencies_s"}, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
@@ -177,14 +182,23 @@ def run(url: str, args: argparse.Namespace, names: list[str]) -> dict:
                 state["done"] += 1
                 done = state["done"]
             if done == args.requests // 3:
-                r = httpx.post(url + "/v1/adapters/load", json={"name": names[-1]}, timeout=120)
+                event(done, "load", names[-1])
                 with lock:
-                    events.append(f"after {done} requests: load {names[-1]} -> {r.status_code} {r.text}")
                     rotation.append(names[-1])
             if done == 2 * args.requests // 3:
-                r = httpx.post(url + "/v1/adapters/unload", json={"name": names[0]}, timeout=120)
-                with lock:
-                    events.append(f"after {done} requests: unload {names[0]} -> {r.status_code} {r.text}")
+                event(done, "unload", names[0])
+
+    def event(done: int, action: str, name: str) -> None:
+        """Load or unload an adapter mid-run; an error or a non-200 answer counts as a failed request."""
+        try:
+            r = httpx.post(url + f"/v1/adapters/{action}", json={"name": name}, timeout=120)
+            answer, ok = f"{r.status_code} {r.text}", r.status_code == 200
+        except httpx.HTTPError as err:
+            answer, ok = f"{type(err).__name__}: {err}", False
+        with lock:
+            events.append(f"after {done} requests: {action} {name} -> {answer}")
+            if not ok:
+                failures.append(f"{action} {name}: {answer}")
 
     threads = [threading.Thread(target=worker) for _ in range(args.clients)]
     start = time.perf_counter()

@@ -330,3 +330,26 @@ def test_cli_parser_is_wired() -> None:
     args = build_parser().parse_args(["serve", "--model", "smollm2-135m", "--adapters", str(Path.cwd()),
                                       "--max-loaded", "3"])
     assert args.max_loaded == 3 and args.func.__name__ == "run_serve"
+
+
+def test_unload_pending_when_its_adapter_is_evicted_still_answers(setup, tmp_path) -> None:
+    """An unload request whose adapter leaves memory another way (evicted for a new one) is answered."""
+    engine = build_engine(tiny_llama(), gpt2_tokenizer(padding_side="left"), setup["root"], max_loaded=1)
+    engine.pool.attach(engine.registry.read("qv4"))
+    future = engine.unload("qv4")
+    for command in list(engine._commands):  # what the engine thread does first in its loop
+        command()
+    engine.pool.attach(engine.registry.read("all8"))  # evicts qv4, idle with its unload pending
+    engine._finish_unloads()
+    assert future.result(timeout=0) is True and "qv4" not in engine.pool
+
+
+def test_stopping_the_engine_answers_everyone_waiting(setup) -> None:
+    engine = build_engine(tiny_llama(), gpt2_tokenizer(padding_side="left"), setup["root"], max_loaded=2)
+    engine.pool.attach(engine.registry.read("qv4"))
+    engine.pool.use("qv4")  # a running row holds it: its unload must wait
+    engine.start()
+    unload = engine.unload("qv4")
+    engine.stop()
+    with pytest.raises(RuntimeError, match="shutting down"):
+        unload.result(timeout=5)

@@ -65,7 +65,8 @@ def run_serve(args: argparse.Namespace) -> int:
           f"({len(engine.registry.names())} found) on http://{args.host}:{args.port}", file=sys.stderr)
     engine.start()
     try:
-        uvicorn.run(create_app(engine, args.model), host=args.host, port=args.port, log_level="info")
+        uvicorn.run(create_app(engine, args.model), host=args.host, port=args.port, log_level="info",
+                    timeout_graceful_shutdown=30)  # then open requests are cut rather than waited on for ever
     finally:
         engine.stop()
     return 0

@@ -233,8 +233,8 @@ class Engine:
                 self._commands.clear()
             for command in commands:
                 command()
+            self._finish_unloads()  # before attaching, which may evict an adapter whose unload is pending
             self._attach_ready()
-            self._finish_unloads()
             try:
                 with torch.inference_mode():
                     if self.classifier:
@@ -243,7 +243,20 @@ class Engine:
                         self._generation_step()
             except Exception as err:  # never let one bad batch kill the server: fail its rows, keep going
                 self._fail_live(err)
-        self._fail_live(RuntimeError("the server is shutting down"))
+        stopping = RuntimeError("the server is shutting down")
+        self._fail_live(stopping)
+        with self._cond:  # nobody may wait for ever on a stopped engine
+            waiting, self._waiting = list(self._waiting), deque()
+            commands = list(self._commands)
+            self._commands.clear()
+        for command in commands:  # load/unload requests that came too late register their futures here
+            command()
+        for item in waiting:
+            self._fail_item(item, stopping)
+        for futures in [*self._load_futures.values(), *self._unload_futures.values()]:
+            for future in futures:
+                if not future.done():
+                    future.set_exception(stopping)
 
     def _admissible(self) -> bool:
         """Whether a waiting item could start now (its adapter is attached or being read)."""
@@ -302,8 +315,9 @@ class Engine:
             if slot.unload_requested and slot.refs == 0:
                 self.pool.detach(name)
                 self.metrics.adapter_unloaded()
-                for future in self._unload_futures.pop(name, []):
-                    future.set_result(True)
+        for name in [n for n in self._unload_futures if n not in self.pool]:  # unloaded (or evicted meanwhile)
+            for future in self._unload_futures.pop(name):
+                future.set_result(True)
 
     def _take(self, limit: int, kind: type) -> list[Any]:
         """Waiting items of ``kind`` whose adapter is attached, first come first served, at most ``limit``;
