@@ -7,8 +7,9 @@ Starts the real server (``python -m lorakit.serve.cli``, i.e. ``lorakit serve``)
 2. concurrent: --clients client threads (official ``openai`` client) send --requests completions spread
    round-robin over the base and the first --adapters - 1 adapters, one in four streamed (SSE); after a
    third of the requests the last adapter is loaded (``POST /v1/adapters/load``) and joins the rotation,
-   after two thirds the first adapter is unloaded (``POST /v1/adapters/unload``; its later requests read it
-   again). Every request is greedy with --max-tokens new tokens.
+   after two thirds the first adapter is loaded (so that it is in memory) and unloaded
+   (``POST /v1/adapters/unload``; its later requests read it again). Every request is greedy with
+   --max-tokens new tokens; a failed load or unload counts as a failed request.
 
 Reports failed requests (the goal is zero), p50/p99 latency, requests/s of both phases and their ratio
 (goal: at least 3x), and the server's own /metrics counters.
@@ -185,7 +186,8 @@ def run(url: str, args: argparse.Namespace, names: list[str]) -> dict:
                 event(done, "load", names[-1])
                 with lock:
                     rotation.append(names[-1])
-            if done == 2 * args.requests // 3:
+            if done == 2 * args.requests // 3:  # make sure it is in memory, so the unload has something to do
+                event(done, "load", names[0])
                 event(done, "unload", names[0])
 
     def event(done: int, action: str, name: str) -> None:
