@@ -289,14 +289,15 @@ def classifier_server(tmp_path_factory):
             out = alone(**enc).logits
         refs[name] = out if width == 1 else out.softmax(-1)
     (root / "sst" / "labels.json").write_text(json.dumps(["negative", "neutral", "positive"]))
+    bare = copy.deepcopy(model)
     engine = build_engine(model, tokenizer, root, max_loaded=4)
     server = serve_in_thread(engine, "tiny-bert")
-    yield server, refs, texts
+    yield server, refs, texts, (bare, tokenizer, root)
     server.stop()
 
 
 def test_classify_mixed_adapters_equal_each_alone(classifier_server) -> None:
-    server, refs, texts = classifier_server
+    server, refs, texts, _ = classifier_server
     results = {}
 
     def run(name: str) -> None:
@@ -353,3 +354,44 @@ def test_stopping_the_engine_answers_everyone_waiting(setup) -> None:
     engine.stop()
     with pytest.raises(RuntimeError, match="shutting down"):
         unload.result(timeout=5)
+
+
+def test_heads_of_1_2_and_3_labels_in_one_classification_batch(classifier_server) -> None:
+    """Jobs for four adapters queued before the engine starts run in one forward pass (heads of 3, 3, 1
+    and 2 outputs); each gets exactly its own width and values."""
+    _, refs, texts, (bare, tokenizer, root) = classifier_server
+    engine = build_engine(copy.deepcopy(bare), tokenizer, root, max_loaded=4)
+    names = ("sst", "nli", "sts", "mrpc")
+    for name in names:
+        engine.pool.attach(engine.registry.read(name))
+    encodings = [tokenizer(t)["input_ids"] for t in texts]
+    futures = {name: engine.classify(name, encodings) for name in names}
+    forwards = []
+    hook = engine.model.register_forward_hook(lambda module, args, kwargs_out: forwards.append(1))
+    engine.start()
+    try:
+        results = {name: future.result(timeout=30) for name, future in futures.items()}
+    finally:
+        engine.stop()
+        hook.remove()
+    assert len(forwards) == 1  # one mixed batch
+    for name in names:
+        logits, _ = results[name]
+        expected = refs[name]
+        assert logits.shape == expected.shape and not torch.isnan(logits).any()
+        got = logits if expected.shape[1] == 1 else logits.softmax(-1)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_late_commands_and_cancelled_unloads_are_answered(setup) -> None:
+    engine = build_engine(tiny_llama(), gpt2_tokenizer(padding_side="left"), setup["root"], max_loaded=2)
+    engine.pool.attach(engine.registry.read("qv4"))
+    engine.pool.use("qv4")  # a running row holds it: its unload waits
+    engine.start()
+    unload = engine.unload("qv4")
+    load = engine.load("qv4")  # cancels the pending unload
+    assert load.result(timeout=5) is None and unload.result(timeout=5) is False
+    engine.stop()
+    late = engine.load("all8")
+    with pytest.raises(RuntimeError, match="shutting down"):
+        late.result(timeout=5)

@@ -7,6 +7,7 @@ import torch
 from conftest import VOCAB, logits, make
 
 import lorakit
+import lorakit.lora.routing as routing_module
 from lorakit import LoraConfig
 from lorakit.adapters.io import read_adapter
 from lorakit.lora.routing import attach_routed, detach_routed, plan_routed_adapter
@@ -229,6 +230,10 @@ def test_a_file_that_does_not_fit_changes_nothing(tmp_path) -> None:
             plan_routed_adapter(served, config, bad, source="bad.safetensors")
     with pytest.raises(lorakit.AdapterMismatchError, match="bias='all'"):
         plan_routed_adapter(served, config.replace(bias="all"), tensors)
+    head = "base_model.model.lm_head.weight"  # a language model's head must keep the base's vocabulary
+    with pytest.raises(lorakit.AdapterMismatchError, match="lm_head.weight' has shape"):
+        plan_routed_adapter(served, config.replace(modules_to_save=["lm_head"]),
+                            {**tensors, head: torch.zeros(VOCAB + 5, 32)}, head_size_from_file=False)
     with pytest.raises(ValueError, match="already routed"):
         attach_routed(served, routing, "qv4", plan_routed_adapter(served, config, tensors))
     assert _same_structure(before, _structure(served)) and routing.names == ["qv4"]
@@ -254,21 +259,86 @@ def test_detach_frees_the_adapter_and_its_head(tmp_path) -> None:
     torch.testing.assert_close(logits(served, ids), base)
 
 
-def test_banks_grow_as_adapters_arrive_and_every_adapter_stays_exact() -> None:
-    """Slots and ranks outgrow the banks several times (each growth moves every adapter already there)."""
-    model = make("llama")
-    names = []
-    for i, r in enumerate((2, 8, 4, 16, 1, 3)):
-        names.append(f"a{i}")
-        lorakit.add_adapter(model, LoraConfig(r=r, init_lora_weights=False), names[-1], activate=False)
-    ids = torch.randint(3, VOCAB, (2, 5), generator=torch.Generator().manual_seed(12))
-    expected = {name: _alone(model, ids, name) for name in names}
-    with lorakit.route_rows(model, [None, None]) as routing, torch.no_grad():
-        for name in names:
-            routing.set_rows([name, name])
-            routing.prepare()
-            torch.testing.assert_close(model(input_ids=ids).logits, expected[name], rtol=1e-5, atol=1e-5)
-        routing.set_rows(names[:2])
-        mixed = model(input_ids=ids).logits
-    for i in range(2):
-        torch.testing.assert_close(mixed[i], expected[names[i]][i], rtol=1e-5, atol=1e-5)
+def test_banks_grow_and_slots_are_reused_with_every_adapter_exact(tmp_path) -> None:
+    """Adapters arrive one at a time with forward passes in between (cached compositions and views exist
+    when a bank moves), slots and ranks outgrow the banks, and a freed slot takes a smaller rank."""
+    ranks = {"a0": 2, "a1": 8, "a2": 4, "a3": 16, "a4": 3, "a5": 1}
+    maker = make("llama")
+    for name, r in ranks.items():
+        lorakit.add_adapter(maker, LoraConfig(r=r, init_lora_weights=False), name, activate=False)
+        lorakit.save_adapter(maker, tmp_path / name, name)
+    ids = torch.randint(3, VOCAB, (3, 5), generator=torch.Generator().manual_seed(12))
+    expected = {name: _alone(maker, ids, name) for name in ranks}
+    served = make("llama")
+    routing = lorakit.set_row_routing(served, lorakit.RowRouting())
+
+    def check(rows: list[str]) -> None:
+        routing.set_rows(rows)
+        with torch.no_grad():
+            out = served(input_ids=ids).logits
+        for i, name in enumerate(rows):
+            torch.testing.assert_close(out[i], expected[name][i], rtol=1e-5, atol=1e-5)
+
+    def attach(name: str) -> None:
+        config, tensors, _ = read_adapter(tmp_path / name)
+        attach_routed(served, routing, name, plan_routed_adapter(served, config, tensors))
+
+    attached: list[str] = []
+    for name in ("a0", "a1", "a2", "a3", "a4"):
+        attach(name)
+        attached.append(name)
+        check([name] * 3)
+        check([attached[0], name, attached[len(attached) // 2]])
+    detach_routed(served, routing, "a3")  # rank 16 leaves; rank 1 takes its slot
+    attach("a5")
+    check(["a5"] * 3)
+    check(["a5", "a1", "a4"])
+
+
+def test_a_failed_attach_leaves_model_and_routing_as_they_were(tmp_path, monkeypatch) -> None:
+    task = make("roberta", seed=4)
+    config = LoraConfig(r=4, target_modules=["query", "value", "intermediate.dense"], modules_to_save=["classifier"],
+                        init_lora_weights=False)  # two layer shapes: two banks
+    lorakit.add_adapter(task, config, "sst")
+    lorakit.save_adapter(task, tmp_path / "sst", "sst")
+    served = make("roberta")
+    routing = lorakit.set_row_routing(served, lorakit.RowRouting())
+    before = _structure(served)
+    config, tensors, _ = read_adapter(tmp_path / "sst")
+    plan = plan_routed_adapter(served, config, tensors)
+    calls = {"n": 0}
+    original_put = routing_module._Bank.put
+
+    def failing_put(self, *args, **kwargs):  # the second bank fails, after the first was written
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("out of memory (simulated)")
+        return original_put(self, *args, **kwargs)
+
+    monkeypatch.setattr(routing_module._Bank, "put", failing_put)
+    with pytest.raises(RuntimeError, match="simulated"):
+        attach_routed(served, routing, "sst", plan)
+    assert calls["n"] == 2
+    assert _same_structure(before, _structure(served)) and routing.names == []
+    monkeypatch.undo()
+    attach_routed(served, routing, "sst", plan_routed_adapter(served, config, tensors))  # works after
+    ids = torch.randint(3, VOCAB, (2, 6), generator=torch.Generator().manual_seed(13))
+    routing.set_rows(["sst", None])
+    with torch.no_grad():
+        out = served(input_ids=ids).logits
+    alone = make("roberta")
+    lorakit.load_adapter(alone, tmp_path / "sst", "sst")
+    torch.testing.assert_close(out[0], logits(alone, ids)[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[1], logits(make("roberta"), ids)[1], rtol=1e-5, atol=1e-5)
+
+
+def test_reinstalling_a_routing_keeps_its_rows() -> None:
+    model = _llama_with_adapters()
+    ids = torch.randint(3, VOCAB, (2, 4), generator=torch.Generator().manual_seed(14))
+    expected = [_alone(model, ids[:1], "qv4"), _alone(model, ids[1:], None)]
+    with lorakit.route_rows(model, ["qv4", None]) as routing, torch.no_grad():
+        lorakit.set_row_routing(model, routing)  # e.g. after training: the rows stay routed
+        assert routing.rows == ("qv4", None)
+        out = model(input_ids=ids).logits
+    torch.testing.assert_close(out[:1], expected[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[1:], expected[1], rtol=1e-5, atol=1e-5)

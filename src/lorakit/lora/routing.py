@@ -35,7 +35,7 @@ from .model import (
     set_module,
     wrappers,
 )
-from .state import PEFT_PREFIX, AdapterMismatchError
+from .state import PEFT_PREFIX, AdapterMismatchError, check_tensor_names
 
 
 class _Bank:
@@ -66,13 +66,13 @@ class _Bank:
     def put(self, slot: int, layers: list[LoraLayer], a: torch.Tensor, b: torch.Tensor) -> bool:
         """Store stacked ``a`` (n, r, in) and scaled ``b`` (n, out, r) of ``layers`` in ``slot``; returns
         whether the bank was reallocated (views into the old one are then stale)."""
-        for layer in layers:
-            if layer not in self.positions:
-                self.positions[layer] = self.size
-                self.size += 1
+        new = [layer for layer in dict.fromkeys(layers) if layer not in self.positions]
         r = a.shape[1]
         before = self.a
-        self._grow(self.size, slot + 1, r)
+        self._grow(self.size + len(new), slot + 1, r)  # first: if it fails, nothing has changed
+        for layer in new:
+            self.positions[layer] = self.size
+            self.size += 1
         index = torch.tensor([self.positions[layer] for layer in layers], device=self.a.device)
         self.a[:, slot, :r].index_copy_(0, index, a.to(self.a.dtype))
         self.b[:, slot, :, :r].index_copy_(0, index, b.to(self.b.dtype))
@@ -153,9 +153,10 @@ class RowRouting:
                     self._bank_of[layer] = bank
                     self._ranks.setdefault(layer, {})[slot] = a.shape[1]
                 for layer in bank.positions if moved else layers:  # views for switching without any op
-                    self._single[layer] = {s: bank.views(layer, s, r) for s, r in self._ranks[layer].items()}
-        except BaseException:
+                    self._single[layer] = {s: bank.views(layer, s, r) for s, r in self._ranks.get(layer, {}).items()}
+        except BaseException:  # leave the routing as it was
             self._clear_slot(slot)
+            self._forget_empty_layers()
             self._free.append(slot)
             raise
         self._slots[name] = slot
@@ -182,17 +183,25 @@ class RowRouting:
     def sync(self, model: nn.Module) -> None:
         """Copy the model's own adapters in again (after they were added, removed or trained); adapters
         attached from files stay."""
+        rows = self.rows  # detaching below forgets rows that name the model's adapters
         for name in list(self._from_model):
             self.detach(name)
-        for layer in [layer for layer, ranks in self._ranks.items() if not ranks]:  # it may have left the model
-            del self._ranks[layer], self._single[layer]
-            del self._bank_of[layer].positions[layer], self._bank_of[layer]
-        rows = self.rows
+        self._forget_empty_layers()  # layers of deleted adapters may have left the model
         for name in adapter_names(model):
             self.attach(name, {layer: layer.row_factors(name) for _, layer in lora_layers(model) if name in layer.r})
             self._from_model.add(name)
-        if rows is not None:
-            self.set_rows(rows)
+        if rows is not None and all(r is None or r in self._slots for r in rows):
+            self.set_rows(rows)  # rows naming a deleted adapter stay unset: the caller must route again
+
+    def _forget_empty_layers(self) -> None:
+        """Drop layers no routed adapter touches any more (their bank positions stay unused)."""
+        for bank in self._banks.values():
+            for layer in [layer for layer in bank.positions if not self._ranks.get(layer)]:
+                del bank.positions[layer]
+        for layer in [layer for layer, ranks in self._ranks.items() if not ranks]:
+            del self._ranks[layer]
+            self._single.pop(layer, None)
+            self._bank_of.pop(layer, None)
 
     # --- which rows use which adapter
     def set_rows(self, rows: Sequence[str | None] | None) -> None:
@@ -419,15 +428,7 @@ def plan_routed_adapter(model: nn.Module, config: LoraConfig, tensors: dict[str,
     if not staged:
         raise AdapterMismatchError(f"{source}: target_modules={config.target_modules!r} matched no module of "
                                    "this model")
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing:
-        raise AdapterMismatchError(f"{source}: missing tensor {missing[0]!r} (shape {expected[missing[0]]})"
-                                   + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
-    if unexpected:
-        raise AdapterMismatchError(f"{source}: unexpected tensor {unexpected[0]!r} (shape "
-                                   f"{list(tensors[unexpected[0]].shape)}): this model has no such place"
-                                   + (f"; {len(unexpected) - 1} more" if len(unexpected) > 1 else ""))
+    check_tensor_names(expected, tensors, source, expected.__getitem__)
     for key, shape in expected.items():
         value = tensors[key]
         if list(value.shape) != shape:

@@ -6,7 +6,7 @@ model, so a bad file never leaves an adapter half loaded.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +33,21 @@ class _Slot:
     @property
     def saved_shape(self) -> list[int]:
         return list(self.export().shape)
+
+
+def check_tensor_names(expected: Collection[str], tensors: dict[str, torch.Tensor], source: str,
+                       shape_of: Callable[[str], list[int]]) -> None:
+    """Raise ``AdapterMismatchError`` naming the first missing tensor (with the shape it should have) or the
+    first unexpected one, and how many more there are."""
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing:
+        raise AdapterMismatchError(f"{source}: missing tensor {missing[0]!r} (shape {shape_of(missing[0])})"
+                                   + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+    if unexpected:
+        raise AdapterMismatchError(f"{source}: unexpected tensor {unexpected[0]!r} (shape "
+                                   f"{list(tensors[unexpected[0]].shape)}): this model has no such place"
+                                   + (f"; {len(unexpected) - 1} more" if len(unexpected) > 1 else ""))
 
 
 def _identity(t: torch.Tensor) -> torch.Tensor:
@@ -77,15 +92,7 @@ def load_adapter_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], 
     differs (expected and actual), before anything in the model has changed.
     """
     slots = _slots(model, name)
-    missing = sorted(set(slots) - set(tensors))
-    unexpected = sorted(set(tensors) - set(slots))
-    if missing:
-        raise AdapterMismatchError(f"{source}: missing tensor {missing[0]!r} (shape {slots[missing[0]].saved_shape})"
-                                   + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
-    if unexpected:
-        raise AdapterMismatchError(f"{source}: unexpected tensor {unexpected[0]!r} (shape "
-                                   f"{list(tensors[unexpected[0]].shape)}): this model has no such place"
-                                   + (f"; {len(unexpected) - 1} more" if len(unexpected) > 1 else ""))
+    check_tensor_names(slots, tensors, source, lambda key: slots[key].saved_shape)
     staged: list[tuple[torch.Tensor, torch.Tensor]] = []
     for key, slot in slots.items():
         value = tensors[key]

@@ -100,15 +100,10 @@ def add_metrics_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m lorakit.metrics.cli e2e ...``: the same sub-command without the rest of the lorakit CLI."""
-    parser = argparse.ArgumentParser(prog="lorakit")
-    add_metrics_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["metrics", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        print(f"lorakit metrics: error: {err}", file=sys.stderr)
-        return 2
+    """``python -m lorakit.metrics.cli e2e ...``: the same as ``lorakit metrics e2e ...``."""
+    from ..cli import main as lorakit_main
+
+    return lorakit_main(["metrics", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

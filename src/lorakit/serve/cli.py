@@ -74,14 +74,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m lorakit.serve.cli ...``: the same as ``lorakit serve ...``."""
-    parser = argparse.ArgumentParser(prog="lorakit")
-    add_serve_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
-        print(f"lorakit serve: error: {err}", file=sys.stderr)
-        return 2
+    from ..cli import main as lorakit_main
+
+    return lorakit_main(["serve", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

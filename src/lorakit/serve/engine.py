@@ -110,8 +110,8 @@ class Engine:
         self.registry = registry
         self.max_batch, self.max_queue = max_batch, max_queue
         self.metrics = metrics or Metrics()
-        self.pool = AdapterPool(model, max_loaded)
         self.classifier = "ForSequenceClassification" in type(model).__name__
+        self.pool = AdapterPool(model, max_loaded, resize_heads=self.classifier)
         self.lm = None if self.classifier else CausalLM(model)
         self.eos = set(eos_ids(model, tokenizer))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (min(self.eos) if self.eos
@@ -194,11 +194,13 @@ class Engine:
         def command() -> None:
             if name in self.pool:
                 self.pool.slots[name].unload_requested = False
+                for pending in self._unload_futures.pop(name, []):  # the load cancels them: it stays
+                    pending.set_result(False)
                 future.set_result(self.pool.slots[name].labels)
                 return
             self._request_read(name, future)
 
-        self._command(command)
+        self._command(command, future)
         return future
 
     def unload(self, name: str) -> Future:
@@ -212,13 +214,18 @@ class Engine:
             self.pool.slots[name].unload_requested = True
             self._unload_futures.setdefault(name, []).append(future)
 
-        self._command(command)
+        self._command(command, future)
         return future
 
-    def _command(self, command: Callable[[], None]) -> None:
+    def _command(self, command: Callable[[], None], future: Future | None = None) -> None:
+        """Run ``command`` on the engine thread; once the engine is stopped, ``future`` fails instead."""
         with self._cond:
-            self._commands.append(command)
-            self._cond.notify_all()
+            if not self._stop:
+                self._commands.append(command)
+                self._cond.notify_all()
+                return
+        if future is not None:
+            future.set_exception(RuntimeError("the server is shutting down"))
 
     # --- the engine thread
     def _run(self) -> None:
@@ -301,7 +308,9 @@ class Engine:
                 slot = self.pool.attach(adapter)
             except PoolFull:
                 continue  # retried after rows finish
-            except AdapterRefused as err:
+            except Exception as err:  # refused, or failed (e.g. out of memory): its requests fail, others go on
+                if not isinstance(err, AdapterRefused):
+                    err = RuntimeError(f"adapter {name!r} could not be attached: {type(err).__name__}: {err}")
                 del self._ready[name]
                 self._failed[name] = err
                 self._resolve_load(name, error=err)

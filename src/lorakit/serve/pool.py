@@ -39,11 +39,14 @@ class Slot:
 class AdapterPool:
     """Attach, evict and count uses of adapters in ``model``; keeps ``routing`` installed on every layer."""
 
-    def __init__(self, model: nn.Module, max_loaded: int) -> None:
+    def __init__(self, model: nn.Module, max_loaded: int, resize_heads: bool = False) -> None:
+        """``resize_heads``: an adapter's classification head may have its own number of labels (a
+        classification base); a language model's head must keep the base's vocabulary."""
         if max_loaded < 1:
             raise ValueError(f"max_loaded must be at least 1, got {max_loaded}")
         self.model = model
         self.max_loaded = max_loaded
+        self.resize_heads = resize_heads
         self.slots: OrderedDict[str, Slot] = OrderedDict()  # least recently used first
         self.routing = set_row_routing(model, RowRouting())
         self._ids = itertools.count()
@@ -77,17 +80,20 @@ class AdapterPool:
         if saved_type and model_type and saved_type != model_type:
             raise AdapterRefused(f"adapter {adapter.name!r} was made for a {saved_type!r} model, the served base is "
                                  f"{model_type!r}; refused")
+        idle = None
+        if len(self.slots) >= self.max_loaded:  # checked first: cheap, and a full pool is retried often
+            idle = next((n for n, s in self.slots.items() if s.refs == 0), None)
+            if idle is None:
+                raise PoolFull(f"all {self.max_loaded} loaded adapters are in use")
         if self._modules is None:
             self._modules = list(candidate_modules(self.model))
         try:
             plan = plan_routed_adapter(self.model, adapter.config, adapter.tensors,
-                                       source=str(adapter.folder / WEIGHTS_NAME), candidates=self._modules)
+                                       source=str(adapter.folder / WEIGHTS_NAME), candidates=self._modules,
+                                       head_size_from_file=self.resize_heads)
         except (AdapterMismatchError, ValueError, TypeError) as err:
             raise AdapterRefused(f"adapter {adapter.name!r} does not fit the served base model: {err}") from err
-        if len(self.slots) >= self.max_loaded:
-            idle = next((n for n, s in self.slots.items() if s.refs == 0), None)
-            if idle is None:
-                raise PoolFull(f"all {self.max_loaded} loaded adapters are in use")
+        if idle is not None:  # only once the new adapter is known to fit
             self.detach(idle)
             self.evictions += 1
         slot = f"s{next(self._ids)}"

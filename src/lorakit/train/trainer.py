@@ -272,10 +272,10 @@ class Trainer:
             self.output.mkdir(parents=True, exist_ok=True)
         procs.barrier()
         start_step = self.resume_step(resume)
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.model.parameters())
         if procs.main:
             (self.output / "run_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-            trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-            total = sum(p.numel() for p in self.model.parameters())
             print(f"{config.task}: {len(self.samples):,} examples, {self.total_steps} steps of {config.batch_size} "
                   f"on {procs.world_size} process(es), {self.device}; trainable {trainable:,} / {total:,}")
         self.model.train()
@@ -304,8 +304,7 @@ class Trainer:
         summary = {"steps": self.total_steps, "steps_this_session": self.total_steps - start_step,
                    "final_loss": last.get("loss"), "seconds": time.perf_counter() - started,
                    "tokens_per_s": last.get("tokens_per_s"), "peak_mem_mb": peak_memory_mb(self.device),
-                   "trainable_params": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
-                   "total_params": sum(p.numel() for p in self.model.parameters()),
+                   "trainable_params": trainable, "total_params": total,
                    "device": str(self.device), "processes": procs.world_size, "output": str(self.output)}
         if procs.main:
             self.save_result()
