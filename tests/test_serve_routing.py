@@ -231,7 +231,7 @@ def test_a_file_that_does_not_fit_changes_nothing(tmp_path) -> None:
     with pytest.raises(lorakit.AdapterMismatchError, match="bias='all'"):
         plan_routed_adapter(served, config.replace(bias="all"), tensors)
     head = "base_model.model.lm_head.weight"  # a language model's head must keep the base's vocabulary
-    with pytest.raises(lorakit.AdapterMismatchError, match="lm_head.weight' has shape"):
+    with pytest.raises(lorakit.AdapterMismatchError, match=r"lm_head\.weight' has shape"):
         plan_routed_adapter(served, config.replace(modules_to_save=["lm_head"]),
                             {**tensors, head: torch.zeros(VOCAB + 5, 32)}, head_size_from_file=False)
     with pytest.raises(ValueError, match="already routed"):
