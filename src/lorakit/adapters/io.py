@@ -112,6 +112,15 @@ def _read_weights(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     raise FileNotFoundError(f"{directory}: no {WEIGHTS_NAME} (or legacy {LEGACY_WEIGHTS_NAME}) in it")
 
 
+def check_model_type(model: nn.Module, meta: dict[str, Any] | None, source: str) -> None:
+    """``AdapterMismatchError`` when lorakit's header says the adapter was made for another architecture."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    saved_type = (meta or {}).get("model_type")
+    if saved_type and model_type and saved_type != model_type:
+        raise AdapterMismatchError(f"{source}: adapter was made for a {saved_type!r} model, this model is "
+                                   f"{model_type!r}")
+
+
 def load_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "default",
                  activate: bool = True, head_size_from_file: bool = False) -> LoraConfig:
     """Add the adapter saved in ``directory`` (by lorakit or PEFT) to ``model`` as ``name``.
@@ -124,11 +133,7 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "de
     """
     config, tensors, meta = read_adapter(directory)
     source = str(Path(directory) / WEIGHTS_NAME)
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    saved_type = (meta or {}).get("model_type")
-    if saved_type and model_type and saved_type != model_type:
-        raise AdapterMismatchError(f"{source}: adapter was made for a {saved_type!r} model, this model is "
-                                   f"{model_type!r}")
+    check_model_type(model, meta, source)
     with rollback_on_error(model, name):
         try:
             add_adapter(model, config, name, activate=activate)

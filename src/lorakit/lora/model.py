@@ -7,7 +7,7 @@ back. Every operation either completes or leaves the model as it was.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -138,13 +138,26 @@ def _set_adapter_grad(model: nn.Module, name: str, trainable: bool) -> None:
             wrapper.modules_to_save[name].requires_grad_(trainable)
 
 
-def _inject(model: nn.Module, config: LoraConfig, name: str) -> None:
+def match_modules(config: LoraConfig, candidates: Iterable[tuple[str, nn.Module]]
+                  ) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, nn.Module]]]:
+    """(LoRA targets, ``modules_to_save``) of ``config`` among ``candidates`` (module paths)."""
+    # a path can only match a name by its last component: skip the rest without matching (keeps this fast)
+    names = [*(config.target_modules if isinstance(config.target_modules, list) else []),
+             *(config.modules_to_save or [])]
+    lasts = None if isinstance(config.target_modules, str) else {n.rpartition(".")[2] for n in names}
     targets, saved = [], []
-    for path, module in candidate_modules(model):
+    for path, module in candidates:
+        if lasts is not None and path.rpartition(".")[2] not in lasts:
+            continue
         if config.is_target(path):
             targets.append((path, module))
         elif config.modules_to_save and any(name_matches(m, path) for m in config.modules_to_save):
             saved.append((path, module))
+    return targets, saved
+
+
+def _inject(model: nn.Module, config: LoraConfig, name: str) -> None:
+    targets, saved = match_modules(config, candidate_modules(model))
     if not targets:
         sample = [p for p, m in candidate_modules(model) if isinstance(m, (nn.Linear, Conv1D))][:8]
         raise ValueError(f"target_modules={config.target_modules!r} matched no module; Linear modules here "

@@ -14,6 +14,7 @@ creates no LoRA modules at all and so attaches an adapter in a millisecond or tw
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -24,13 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .config import LoraConfig, name_matches
+from .config import LoraConfig
 from .layers import Embedding, LoraLayer, ModulesToSave, features, lora_scaling
 from .model import (
     adapter_names,
     candidate_modules,
     lora_layers,
     make_layer,
+    match_modules,
     merged_adapters,
     set_module,
     wrappers,
@@ -112,8 +114,8 @@ class RowRouting:
         self._next_slot = itertools.count(1)
         self._banks: dict[tuple, _Bank] = {}
         self._bank_of: dict[LoraLayer, _Bank] = {}
-        self._ranks: dict[LoraLayer, dict[int, int]] = {}  # layer -> {slot: rank} of the adapters touching it
-        self._single: dict[LoraLayer, dict[int, tuple]] = {}  # layer -> {slot: its factors as bank views}
+        # layer -> {slot: (A, B) as views into its bank} for the adapters touching it (rank: A's rows)
+        self._factors: dict[LoraLayer, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
         self._one_slot: int | None = None  # the slot of every row, when they all use one adapter
         self._from_model: set[str] = set()
         self._row_slots: tuple[int, ...] = ()
@@ -148,12 +150,13 @@ class RowRouting:
                 a = torch.stack([f[0] for _, f in items])
                 scales = torch.tensor([f[2] for _, f in items], dtype=a.dtype, device=a.device)
                 b = torch.stack([f[1] for _, f in items]) * scales[:, None, None]
-                moved = bank.put(slot, layers, a, b)
-                for layer in layers:
+                if bank.put(slot, layers, a, b):  # reallocated: views into the old bank are stale
+                    for layer, views in self._factors.items():
+                        if self._bank_of[layer] is bank:
+                            views.update({s: bank.views(layer, s, v[0].shape[0]) for s, v in views.items()})
+                for layer in layers:  # views: switching to an adapter costs no op
                     self._bank_of[layer] = bank
-                    self._ranks.setdefault(layer, {})[slot] = a.shape[1]
-                for layer in bank.positions if moved else layers:  # views for switching without any op
-                    self._single[layer] = {s: bank.views(layer, s, r) for s, r in self._ranks.get(layer, {}).items()}
+                    self._factors.setdefault(layer, {})[slot] = bank.views(layer, slot, a.shape[1])
         except BaseException:  # leave the routing as it was
             self._clear_slot(slot)
             self._forget_empty_layers()
@@ -175,9 +178,7 @@ class RowRouting:
     def _clear_slot(self, slot: int) -> None:
         for bank in self._banks.values():  # banks stay, even empty: the next adapter reuses them
             bank.clear(slot)
-        for ranks in self._ranks.values():
-            ranks.pop(slot, None)
-        for views in self._single.values():
+        for views in self._factors.values():
             views.pop(slot, None)
 
     def sync(self, model: nn.Module) -> None:
@@ -196,11 +197,10 @@ class RowRouting:
     def _forget_empty_layers(self) -> None:
         """Drop layers no routed adapter touches any more (their bank positions stay unused)."""
         for bank in self._banks.values():
-            for layer in [layer for layer in bank.positions if not self._ranks.get(layer)]:
+            for layer in [layer for layer in bank.positions if not self._factors.get(layer)]:
                 del bank.positions[layer]
-        for layer in [layer for layer, ranks in self._ranks.items() if not ranks]:
-            del self._ranks[layer]
-            self._single.pop(layer, None)
+        for layer in [layer for layer, views in self._factors.items() if not views]:
+            del self._factors[layer]
             self._bank_of.pop(layer, None)
 
     # --- which rows use which adapter
@@ -226,7 +226,7 @@ class RowRouting:
     def prepare(self) -> None:
         """Gather the current rows' factors for every layer now rather than during the next forward pass
         (which would do it layer by layer on first use): lets a caller pay, or time, the switch up front."""
-        for layer in self._ranks:
+        for layer in self._factors:
             if layer not in self._entries:
                 self._entries[layer] = self._prepare(layer)
 
@@ -244,14 +244,14 @@ class RowRouting:
 
     def _prepare(self, layer: LoraLayer) -> tuple | None:
         if self._one_slot is not None:  # every row on one adapter: its own factors, kept as views
-            views = self._single.get(layer, {}).get(self._one_slot)
+            views = self._factors.get(layer, {}).get(self._one_slot)
             return None if views is None else ("one", *views)
-        ranks = self._ranks.get(layer)
-        used = {s for s in self._row_slots if s in ranks} if ranks else None
+        factors = self._factors.get(layer)
+        used = {s for s in self._row_slots if s in factors} if factors else None
         if not used:
             return None
         bank = self._bank_of[layer]
-        pos, r = bank.positions[layer], max(ranks[s] for s in used)
+        pos, r = bank.positions[layer], max(factors[s][0].shape[0] for s in used)
         # rows on the base or on an adapter that does not touch this layer read zeros (slot 0)
         index = torch.tensor([s if s in used else 0 for s in self._row_slots], device=bank.a.device)
         b = bank.b[pos, :, :, :r].index_select(0, index)
@@ -299,16 +299,16 @@ class RowRouting:
         adapter present, outputs put back in row order. Heads of different widths (e.g. 1, 2 and 3 labels)
         share a batch: narrower rows are padded with NaN up to the widest."""
         self._check_rows(wrapper, x.shape[0])
-        groups: dict[str | None, list[int]] = {}
+        groups: dict[nn.Module, list[int]] = {}  # each row's copy (the original for base rows)
         for row, name in enumerate(self.rows):
-            groups.setdefault(name if name in wrapper.modules_to_save else None, []).append(row)
+            copies = wrapper.modules_to_save  # an nn.ModuleDict: no .get
+            module = copies[name] if name in copies else wrapper.original_module  # noqa: SIM401
+            groups.setdefault(module, []).append(row)
         if len(groups) == 1:
-            (name,) = groups
-            module = wrapper.original_module if name is None else wrapper.modules_to_save[name]
+            (module,) = groups
             return module(x, *args, **kwargs)
         outputs = []
-        for name, rows in groups.items():
-            module = wrapper.original_module if name is None else wrapper.modules_to_save[name]
+        for module, rows in groups.items():
             index = torch.tensor(rows, device=x.device)
             outputs.append((index, module(x.index_select(0, index), *args, **kwargs)))
         shapes = {tuple(y.shape[1:-1]) for _, y in outputs}
@@ -384,47 +384,41 @@ def plan_routed_adapter(model: nn.Module, config: LoraConfig, tensors: dict[str,
     weight = next(model.parameters())
     plan, expected = RoutedAdapter(), {}
     staged: dict[str, tuple[str, str, float]] = {}  # path -> (A's key, B's key, scaling)
-    # a path can only match a name by its last component: skip the rest without matching (keeps this fast)
-    names = [*(config.target_modules if isinstance(config.target_modules, list) else []),
-             *(config.modules_to_save or [])]
-    lasts = None if isinstance(config.target_modules, str) else {n.rpartition(".")[2] for n in names}
-    for path, module in candidates if candidates is not None else list(candidate_modules(model)):
-        if lasts is not None and path.rpartition(".")[2] not in lasts:
-            continue
-        if config.is_target(path):
-            base = module.base_layer if isinstance(module, LoraLayer) else module
-            mask = config.fused_mask_for(path)
-            r = config.rank_for(path)
-            scaling = lora_scaling(r, config.alpha_for(path), config.use_rslora)
-            rank = r * sum(mask) if mask else r
-            prefix = f"{PEFT_PREFIX}{path}."
-            if isinstance(base, nn.Embedding) and mask is None:
-                keys = prefix + "lora_embedding_A", prefix + "lora_embedding_B"
-                expected[keys[0]] = [rank, base.num_embeddings]
-                expected[keys[1]] = [base.embedding_dim, rank]
-            elif isinstance(base, (nn.Linear, Conv1D)):
-                in_dim, out_dim, _ = features(base)
-                keys = prefix + "lora_A.weight", prefix + "lora_B.weight"
-                expected[keys[0]] = [rank, in_dim]
-                expected[keys[1]] = [out_dim, rank]
-            else:
-                raise AdapterMismatchError(f"{source}: {path} is a {type(base).__name__}; LoRA supports nn.Linear, "
-                                           "transformers Conv1D and nn.Embedding (fused slices: Linear/Conv1D)")
-            staged[path] = (*keys, scaling)
-            plan.layers[path] = module
-            if not isinstance(module, LoraLayer):
-                plan.wrap[path] = mask
-        elif config.modules_to_save and any(name_matches(m, path) for m in config.modules_to_save):
-            original = module.original_module if isinstance(module, ModulesToSave) else module
-            shapes = {rel: list(p.shape) for rel, p in original.named_parameters()}
-            saved = tensors.get(f"{PEFT_PREFIX}{path}.weight")
-            if (head_size_from_file and isinstance(original, nn.Linear) and saved is not None and saved.ndim == 2
-                    and saved.shape[1] == original.in_features):  # a head with another number of labels
-                shapes["weight"] = list(saved.shape)
-                if "bias" in shapes:
-                    shapes["bias"] = [saved.shape[0]]
-            plan.heads[path] = {}
-            expected.update({f"{PEFT_PREFIX}{path}.{rel}": shape for rel, shape in shapes.items()})
+    targets, saved_modules = match_modules(config, candidates if candidates is not None else candidate_modules(model))
+    for path, module in targets:
+        base = module.base_layer if isinstance(module, LoraLayer) else module
+        mask = config.fused_mask_for(path)
+        r = config.rank_for(path)
+        scaling = lora_scaling(r, config.alpha_for(path), config.use_rslora)
+        rank = r * sum(mask) if mask else r
+        prefix = f"{PEFT_PREFIX}{path}."
+        if isinstance(base, nn.Embedding) and mask is None:
+            keys = prefix + "lora_embedding_A", prefix + "lora_embedding_B"
+            expected[keys[0]] = [rank, base.num_embeddings]
+            expected[keys[1]] = [base.embedding_dim, rank]
+        elif isinstance(base, (nn.Linear, Conv1D)):
+            in_dim, out_dim, _ = features(base)
+            keys = prefix + "lora_A.weight", prefix + "lora_B.weight"
+            expected[keys[0]] = [rank, in_dim]
+            expected[keys[1]] = [out_dim, rank]
+        else:
+            raise AdapterMismatchError(f"{source}: {path} is a {type(base).__name__}; LoRA supports nn.Linear, "
+                                       "transformers Conv1D and nn.Embedding (fused slices: Linear/Conv1D)")
+        staged[path] = (*keys, scaling)
+        plan.layers[path] = module
+        if not isinstance(module, LoraLayer):
+            plan.wrap[path] = mask
+    for path, module in saved_modules:
+        original = module.original_module if isinstance(module, ModulesToSave) else module
+        shapes = {rel: list(p.shape) for rel, p in original.named_parameters()}
+        saved = tensors.get(f"{PEFT_PREFIX}{path}.weight")
+        if (head_size_from_file and isinstance(original, nn.Linear) and saved is not None and saved.ndim == 2
+                and saved.shape[1] == original.in_features):  # a head with another number of labels
+            shapes["weight"] = list(saved.shape)
+            if "bias" in shapes:
+                shapes["bias"] = [saved.shape[0]]
+        plan.heads[path] = {}
+        expected.update({f"{PEFT_PREFIX}{path}.{rel}": shape for rel, shape in shapes.items()})
     if not staged:
         raise AdapterMismatchError(f"{source}: target_modules={config.target_modules!r} matched no module of "
                                    "this model")
@@ -488,8 +482,6 @@ def attach_routed(model: nn.Module, routing: RowRouting, name: str, plan: Routed
 
 def _head_copy(original: nn.Module, params: dict[str, torch.Tensor]) -> nn.Module:
     """A copy of ``original`` holding ``params`` (a Linear takes the file's number of outputs)."""
-    import copy
-
     weight = params.get("weight")
     if isinstance(original, nn.Linear) and weight is not None and weight.shape != original.weight.shape:
         head = nn.Linear(original.in_features, weight.shape[0], bias=original.bias is not None,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..adapters.io import WEIGHTS_NAME
+from ..adapters.io import WEIGHTS_NAME, check_model_type
 from ..lora.model import candidate_modules
 from ..lora.routing import RowRouting, attach_routed, detach_routed, plan_routed_adapter, set_row_routing
 from ..lora.state import AdapterMismatchError
@@ -75,11 +75,6 @@ class AdapterPool:
         anything changes: the model and the other adapters stay exactly as they were)."""
         if adapter.name in self.slots:
             return self.slots[adapter.name]
-        model_type = getattr(getattr(self.model, "config", None), "model_type", None)
-        saved_type = (adapter.meta or {}).get("model_type")
-        if saved_type and model_type and saved_type != model_type:
-            raise AdapterRefused(f"adapter {adapter.name!r} was made for a {saved_type!r} model, the served base is "
-                                 f"{model_type!r}; refused")
         idle = None
         if len(self.slots) >= self.max_loaded:  # checked first: cheap, and a full pool is retried often
             idle = next((n for n, s in self.slots.items() if s.refs == 0), None)
@@ -87,10 +82,11 @@ class AdapterPool:
                 raise PoolFull(f"all {self.max_loaded} loaded adapters are in use")
         if self._modules is None:
             self._modules = list(candidate_modules(self.model))
+        source = str(adapter.folder / WEIGHTS_NAME)
         try:
-            plan = plan_routed_adapter(self.model, adapter.config, adapter.tensors,
-                                       source=str(adapter.folder / WEIGHTS_NAME), candidates=self._modules,
-                                       head_size_from_file=self.resize_heads)
+            check_model_type(self.model, adapter.meta, source)
+            plan = plan_routed_adapter(self.model, adapter.config, adapter.tensors, source=source,
+                                       candidates=self._modules, head_size_from_file=self.resize_heads)
         except (AdapterMismatchError, ValueError, TypeError) as err:
             raise AdapterRefused(f"adapter {adapter.name!r} does not fit the served base model: {err}") from err
         if idle is not None:  # only once the new adapter is known to fit
