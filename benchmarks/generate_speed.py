@@ -34,6 +34,7 @@ import transformers
 import lorakit
 from lorakit import LoraConfig
 from lorakit.decode import DecodeConfig, generate_ids, length_batches, preset
+from lorakit.hardware import describe
 from lorakit.models import load_model
 from lorakit.tasks import get_task
 
@@ -179,8 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
-    print(f"machine: {platform.node()} {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} "
-          f"torch threads={torch.get_num_threads()}; python {platform.python_version()}, torch {torch.__version__}, "
+    print(f"machine: {describe()}; torch threads={torch.get_num_threads()}; python {platform.python_version()}, "
           f"transformers {transformers.__version__}; load average {os.getloadavg()}", flush=True)
     model, tokenizer = build_model(args.model, adapter=args.adapter, dtype=args.dtype)
     print(f"model: {args.model} ({args.dtype}) + {args.adapter or 'fresh r=8 q_proj/v_proj LoRA, B ~ N(0, 0.01)'}")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 import torch
 
 import lorakit
+from lorakit.hardware import describe
 from lorakit.models import load_model
 
 
@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
+    print(f"machine: {describe()}", flush=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     from peft import PeftModel
@@ -116,7 +117,7 @@ def main() -> None:
                 times[key].append(_timed(variants[key]))
     medians = {k: statistics.median(v) for k, v in times.items()}
     result = {
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+        "machine": f"{describe()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__, "rows": args.rows, "tokens": args.tokens, "adapters": args.adapters,
         "rank": args.rank, "repeats": args.repeats, "max_abs_logit_diff_vs_peft": diff,
         "max_abs_logit_change_vs_base": effect,

@@ -37,6 +37,7 @@ import openai
 import torch
 
 import lorakit
+from lorakit.hardware import describe
 from lorakit.models import load_model
 
 FOODS = ["Chinese", "English", "French", "Indian", "Italian", "Japanese", "fast food"]
@@ -93,6 +94,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--json")
     args = parser.parse_args()
+    print(f"machine: {describe()}", flush=True)
     if args.adapters < 5:
         raise SystemExit("--adapters must be at least 5 (4 served from the start, one loaded during the run)")
 
@@ -124,6 +126,8 @@ def main() -> None:
             server.wait()
             raise SystemExit("the server did not stop within 60 s of SIGTERM; killed") from None
     print(json.dumps({k: v for k, v in result.items() if k != "latencies_s"}, indent=2))
+    print(f"ratio: concurrent / one-at-a-time throughput {result['throughput_ratio']:.2f}x, "
+          f"{result['failed']} failed of {result['requests']}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 import lorakit
+from lorakit.hardware import describe
 from lorakit.models import load_model
 from lorakit.serve.pool import AdapterPool
 from lorakit.serve.registry import AdapterRegistry
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--json")
     args = parser.parse_args()
+    print(f"machine: {describe()}", flush=True)
     from peft import PeftModel
 
     torch.manual_seed(0)
@@ -148,6 +150,10 @@ def main() -> None:
         peft_base = peft_model.unload()
     for key, value in results.items():
         print(f"{key:52} {value:9.3f} ms")
+    for kind in ("qv", "all7"):  # the side-by-side ratios (below 1: lorakit faster)
+        load = results[f"lorakit_load_switch_{kind}_total_ms"] / results[f"peft_load_set_adapter_{kind}_ms"]
+        switch = results[f"lorakit_switch_{kind}_ms"] / results[f"peft_set_adapter_{kind}_ms"]
+        print(f"ratio {kind}: load+switch lorakit/PEFT {load:.3f}x, switch lorakit/PEFT {switch:.3f}x")
     if args.json:
         Path(args.json).write_text(json.dumps({"rank": args.rank, "repeats": args.repeats, "torch": torch.__version__,
                                                "threads": torch.get_num_threads(), **results}, indent=2))

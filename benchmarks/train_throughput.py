@@ -28,7 +28,6 @@ How it is measured, and why:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
@@ -46,7 +45,9 @@ from typing import Any
 
 import torch
 
+from lorakit.hardware import describe
 from lorakit.models import load_model
+from lorakit.tasks import get_task
 from lorakit.train import TrainConfig, Trainer, padding_fraction
 from lorakit.train.logs import MetricsLog
 from lorakit.train.trainer import training_samples
@@ -211,7 +212,8 @@ def run_hf(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
     model, tokenizer = load_model(args.model)
     after_load = memory_peaks(device)
     with tempfile.TemporaryDirectory(prefix="hf-bench-") as out:
-        samples = training_samples(lorakit_config(args, setup, out), tokenizer)
+        config = lorakit_config(args, setup, out)
+        samples = training_samples(config, tokenizer, get_task(config.task))
         features = [{"input_ids": s.input_ids, "attention_mask": [1] * len(s.input_ids), "labels": s.labels}
                     for s in samples]
         if setup.full_finetune:
@@ -289,14 +291,10 @@ def run_worker(args: argparse.Namespace, name: str) -> dict[str, Any] | None:
 
 def machine_info() -> dict[str, Any]:
     """What the numbers were measured on."""
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError, StopIteration):
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
     import peft
     import transformers
 
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+    info = {"cpu": describe(), "cpu_count": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
             "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "peft": peft.__version__, "device": str(pick_device())}
     if torch.cuda.is_available():

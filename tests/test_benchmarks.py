@@ -1,0 +1,82 @@
+"""Every script in ``benchmarks/`` runs end to end on a tiny random model and prints its ratio line.
+
+Why: benchmarks are run by hand, rarely, so a refactor that breaks one would go unnoticed until someone
+wants its numbers (``train_throughput.py`` once failed this way). These runs check the scripts work, not
+their numbers: the model is random and the timings are meaningless.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, shared_data_dir
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from lorakit.models import gpt2_tokenizer
+
+DATA = shared_data_dir()
+pytestmark = pytest.mark.skipif(DATA is None, reason="the shared E2E data is needed for the benchmarks' prompts")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A local model folder (random Llama, GPT-2 vocabulary and tokenizer) that ``load_model`` reads offline."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    eos = 50256
+    config = LlamaConfig(vocab_size=50257, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=eos, eos_token_id=eos, pad_token_id=eos, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    gpt2_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def run_benchmark(script: str, *args: str, cwd: Path) -> str:
+    env = {**os.environ, "LORAKIT_DATA": str(DATA), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert re.search(r"machine: .*cores", proc.stdout), proc.stdout[:2000]  # every number names its machine
+    return proc.stdout
+
+
+def test_train_throughput(tiny_model, tmp_path):
+    out = run_benchmark("train_throughput.py", "--model", str(tiny_model), "--steps", "3", "--batch-size", "2",
+                        "--examples", "16", "--configs", "lorakit-lora", "hf-peft-lora", cwd=tmp_path)
+    assert re.search(r"^throughput lorakit-lora / hf-peft-lora: \d+\.\d+x", out, re.M), out
+
+
+def test_generate_speed(tiny_model, tmp_path):
+    out = run_benchmark("generate_speed.py", "--model", str(tiny_model), "--batch-sizes", "2", "--batches", "1",
+                        "--new-tokens", "4", "--repeats", "1", "--variants", "merged", "--beam-inputs", "0",
+                        cwd=tmp_path)
+    assert re.search(r"greedy\s+merged\s+batch\s+2: lorakit .* -> \d+\.\d+x .*same tokens: True", out), out
+
+
+def test_serve_forward(tiny_model, tmp_path):
+    out = run_benchmark("serve_forward.py", "--model", str(tiny_model), "--rows", "4", "--tokens", "8",
+                        "--adapters", "2", "--rank", "2", "--repeats", "1", cwd=tmp_path)
+    assert re.search(r"lorakit-mixed\s+\d+\.\d+ ms\s+\d+\.\d+x base", out), out
+    diff = float(re.search(r"max \|logit diff\| ([\d.e+-]+)", out).group(1))
+    assert diff < 1e-4, out  # lorakit's routed adapters and PEFT's give the same logits
+
+
+def test_serve_switch(tiny_model, tmp_path):
+    out = run_benchmark("serve_switch.py", "--model", str(tiny_model), "--rank", "2", "--repeats", "2", cwd=tmp_path)
+    for kind in ("qv", "all7"):
+        assert re.search(rf"^ratio {kind}: load\+switch lorakit/PEFT \d+\.\d+x, switch lorakit/PEFT \d+\.\d+x",
+                         out, re.M), out
+
+
+def test_serve_load(tiny_model, tmp_path):
+    out = run_benchmark("serve_load.py", "--model", str(tiny_model), "--clients", "2", "--requests", "10",
+                        "--sequential", "5", "--adapters", "5", "--max-loaded", "2", "--max-tokens", "4",
+                        cwd=tmp_path)
+    assert re.search(r"^ratio: concurrent / one-at-a-time throughput \d+\.\d+x, 0 failed of 10$", out, re.M), out
