@@ -21,9 +21,16 @@ from torch import nn
 
 from ..files import atomic_write, umask
 from ..lora.config import LoraConfig
-from ..lora.model import add_adapter, rollback_on_error
-from ..lora.state import AdapterMismatchError, adapter_state_dict, load_adapter_state_dict
-from .peft_format import AdapterFormatError, dumps, from_peft, to_peft
+from ..lora.model import add_adapter, rollback_on_error, saved_modules
+from ..lora.state import (
+    AdapterFormatError,
+    AdapterMismatchError,
+    adapter_state_dict,
+    head_outputs_in_file,
+    load_adapter_state_dict,
+    resized_head,
+)
+from .peft_format import check_header_meta, dumps, from_peft, to_peft
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -76,7 +83,11 @@ def read_adapter(directory: str | os.PathLike) -> tuple[LoraConfig, dict[str, to
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path}: missing (an adapter folder holds {CONFIG_NAME} and {WEIGHTS_NAME})")
     try:
-        data = json.loads(config_path.read_text())
+        data = json.loads(config_path.read_bytes())
+    except UnicodeDecodeError as err:
+        raise AdapterFormatError(f"{config_path}: not UTF-8 text (byte {err.start})") from None
+    except RecursionError:  # "[[[[..." a million deep: a RuntimeError that callers would not expect
+        raise AdapterFormatError(f"{config_path}: JSON nested too deeply") from None
     except json.JSONDecodeError as err:
         raise AdapterFormatError(f"{config_path}: invalid JSON at line {err.lineno}, column {err.colno}: "
                                  f"{err.msg}") from err
@@ -99,6 +110,9 @@ def _read_weights(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
                 meta = json.loads(header["lorakit"])
             except json.JSONDecodeError as err:
                 raise AdapterFormatError(f"{path}: header entry 'lorakit' is not valid JSON: {err}") from err
+            except RecursionError:
+                raise AdapterFormatError(f"{path}: header entry 'lorakit' is JSON nested too deeply") from None
+            meta = check_header_meta(meta, f"{path}: header entry 'lorakit'")
         return tensors, meta
     legacy = directory / LEGACY_WEIGHTS_NAME
     if legacy.is_file():
@@ -146,18 +160,13 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "de
 
 
 def _resize_heads(model: nn.Module, name: str, tensors: dict[str, torch.Tensor]) -> None:
-    from ..lora.model import saved_modules
-    from ..lora.state import PEFT_PREFIX
-
+    """Give adapter ``name``'s copy of each Linear head the file's number of outputs (see ``load_adapter``)."""
     for path, wrapper in saved_modules(model):
         head = wrapper.modules_to_save[name] if name in wrapper.adapter_names else None
-        saved = tensors.get(f"{PEFT_PREFIX}{path}.weight")
-        if not isinstance(head, nn.Linear) or saved is None or saved.ndim != 2 or saved.shape == head.weight.shape:
-            continue
-        if saved.shape[1] != head.in_features:
-            continue  # a different input size is a real mismatch: the state check reports it
-        new = nn.Linear(head.in_features, saved.shape[0], bias=head.bias is not None,
-                        device=head.weight.device, dtype=head.weight.dtype)
+        outputs = head_outputs_in_file(path, head, tensors) if isinstance(head, nn.Linear) else None
+        if outputs is None:
+            continue  # same size, or a real mismatch that the state check reports
+        new = resized_head(head, outputs, head.weight.device, head.weight.dtype)
         new.train(head.training)
         new.requires_grad_(head.weight.requires_grad)
         wrapper.modules_to_save[name] = new

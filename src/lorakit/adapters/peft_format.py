@@ -10,14 +10,16 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from typing import Any
 
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ..lora.config import LoraConfig
+from ..lora.config import LoraConfig, check_field
 from ..lora.layers import FusedLinear
 from ..lora.model import adapter_config, lora_layers
+from ..lora.state import AdapterFormatError
 
 # PEFT features lorakit does not implement: an adapter using them cannot load exactly, so it must not load.
 UNSUPPORTED = ("use_dora", "layers_to_transform", "layer_replication", "target_parameters",
@@ -25,10 +27,24 @@ UNSUPPORTED = ("use_dora", "layers_to_transform", "layer_replication", "target_p
 FIELDS = ("r", "lora_alpha", "lora_dropout", "target_modules", "exclude_modules", "bias", "modules_to_save",
           "use_rslora", "init_lora_weights", "rank_pattern", "alpha_pattern", "task_type",
           "base_model_name_or_path")
-
-
-class AdapterFormatError(ValueError):
-    """An adapter file that cannot be read: names the file and what is wrong in it."""
+# Fields PEFT writes (up to peft 0.21) that lorakit reads past on purpose: bookkeeping, or settings of
+# features whose use UNSUPPORTED (or init_lora_weights) already refuses. Only their types are checked.
+# Any other field is a typo or a newer feature, so it is reported (a warning: the adapter may still load).
+IGNORED: dict[str, tuple[type, ...]] = {
+    "peft_type": (str,), "fan_in_fan_out": (bool,), "inference_mode": (bool,), "revision": (str,),
+    "peft_version": (str,), "auto_mapping": (dict,), "layers_pattern": (str, list), "megatron_config": (dict,),
+    "megatron_core": (str,), "loftq_config": (dict,), "eva_config": (dict,), "corda_config": (dict,),
+    "lora_ga_config": (dict,), "velora_config": (dict,), "monteclora_config": (dict,), "runtime_config": (dict,),
+    "arrow_config": (dict,), "kasa_config": (dict,), "qalora_group_size": (int,), "ensure_weight_tying": (bool,),
+}
+# and the types of the UNSUPPORTED ones, so "use_dora": "no" is called a wrong type, not a feature in use
+UNSUPPORTED_TYPES: dict[str, tuple[type, ...]] = {
+    "use_dora": (bool,), "use_qalora": (bool,), "lora_bias": (bool,), "layers_to_transform": (list, int),
+    "layer_replication": (list,), "target_parameters": (list,), "trainable_token_indices": (list, dict),
+    "alora_invocation_tokens": (list,), "use_bdlora": (dict,),
+}
+_TYPE_NAMES = {str: "a string", bool: "true or false", dict: "an object", list: "a list", int: "an integer"}
+HEADER_FIELDS = {"format_version": (int,), "model_type": (str,)}  # plus fused_modules, rank/alpha_pattern
 
 
 def task_type_of(model: nn.Module) -> str | None:
@@ -84,11 +100,43 @@ def to_peft(model: nn.Module, name: str) -> tuple[dict[str, Any], dict[str, Any]
     return peft, meta
 
 
+def _check_type(value: Any, types: tuple[type, ...], what: str) -> None:
+    """``AdapterFormatError`` unless ``value`` is None or of ``types`` (a bool is no integer here)."""
+    if value is None or (isinstance(value, types) and not (isinstance(value, bool) and bool not in types)):
+        return
+    expected = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+    raise AdapterFormatError(f"{what} must be {expected}, got {value!r}")
+
+
+def check_header_meta(meta: Any, where: str) -> dict[str, Any]:
+    """lorakit's own header entry, checked like the config: an object whose fields have their types."""
+    if not isinstance(meta, dict):
+        raise AdapterFormatError(f"{where}: expected a JSON object, got {type(meta).__name__}")
+    for key, types in HEADER_FIELDS.items():
+        _check_type(meta.get(key), types, f"{where}: key {key!r}")
+    for key in ("fused_modules", "rank_pattern", "alpha_pattern"):
+        if meta.get(key) is not None:
+            try:
+                check_field(key, meta[key])
+            except ValueError as err:
+                raise AdapterFormatError(f"{where}: {err}") from None
+    return meta
+
+
 def from_peft(data: Any, meta: dict[str, Any] | None, source: str) -> LoraConfig:
-    """A ``LoraConfig`` from PEFT's JSON (and lorakit's header metadata, when the adapter is ours)."""
+    """A ``LoraConfig`` from PEFT's JSON (and lorakit's header metadata, when the adapter is ours).
+
+    Every field has its type checked (``AdapterFormatError`` naming ``source`` and the key); fields neither
+    lorakit nor PEFT knows are reported with a warning, since they are usually a misspelt setting."""
     if not isinstance(data, dict):
         raise AdapterFormatError(f"{source}: expected a JSON object, got {type(data).__name__}")
-    if data.get("peft_type", "LORA") != "LORA":
+    for key, types in {**IGNORED, **UNSUPPORTED_TYPES}.items():
+        _check_type(data.get(key), types, f"{source}: key {key!r}")
+    unknown = sorted(set(data) - set(FIELDS) - set(IGNORED) - set(UNSUPPORTED))
+    if unknown:
+        warnings.warn(f"{source}: unknown field(s) {', '.join(map(repr, unknown))} ignored (neither lorakit nor "
+                      "PEFT reads them; a misspelt setting?)", UserWarning, stacklevel=3)
+    if data.get("peft_type") not in (None, "LORA"):
         raise AdapterFormatError(f"{source}: key 'peft_type' is {data['peft_type']!r}; lorakit reads LoRA "
                                  "adapters only ('LORA')")
     for key in UNSUPPORTED:
@@ -98,7 +146,16 @@ def from_peft(data: Any, meta: dict[str, Any] | None, source: str) -> LoraConfig
     if "r" not in data:
         raise AdapterFormatError(f"{source}: missing key 'r'")
     fields = {k: data[k] for k in FIELDS if k in data and data[k] is not None}
+    for key, value in fields.items():  # here too, since lorakit's header may replace some of them below
+        if key != "init_lora_weights":
+            try:
+                check_field(key, value)
+            except ValueError as err:
+                raise AdapterFormatError(f"{source}: {err}") from None
     init = fields.get("init_lora_weights")
+    if not isinstance(init, (bool, str, type(None))):
+        raise AdapterFormatError(f"{source}: key 'init_lora_weights' must be true, false or a method name, "
+                                 f"got {init!r}")
     if isinstance(init, str):
         # "gaussian"/"eva" only choose a starting point; "pissa", "olora", "loftq", "corda"... also change the
         # base weights, so the adapter is only right on a base lorakit does not have

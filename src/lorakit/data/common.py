@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,8 +32,44 @@ class DataFormatError(ValueError):
     def __init__(self, message: str, path: str | os.PathLike[str] | None = None, where: str | None = None):
         self.path = None if path is None else Path(path)
         self.where = where
+        self.message = message
         prefix = ", ".join(str(p) for p in (path, where) if p is not None)
         super().__init__(f"{prefix}: {message}" if prefix else message)
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """A UTF-8 text file's contents (a leading byte-order mark dropped, as spreadsheet tools write one).
+
+    Bytes that are not UTF-8 (a Latin-1 or binary file) raise ``DataFormatError`` naming the file, line and
+    column, where Python's codec error names neither the file nor a position one could find in an editor.
+    """
+    data = Path(path).read_bytes()
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - data.rfind(b"\n", 0, err.start)
+        raise DataFormatError(f"not UTF-8 text (byte 0x{data[err.start]:02x} at column {column})", path,
+                              f"line {line}") from None
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines ended by ``\\n`` or ``\\r\\n`` only, the last one's end optional.
+
+    Not ``str.splitlines()``: it also splits on form feeds, U+2028, U+0085 and other characters that can sit
+    inside a line of model output or data, which shifts every later line against its neighbour file.
+    """
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def read_lines(path: str | os.PathLike[str]) -> list[str]:
+    """The lines of a UTF-8 text file (see ``read_text`` and ``split_lines``)."""
+    return split_lines(read_text(path))
 
 
 class DataRootError(RuntimeError):

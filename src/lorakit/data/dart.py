@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .common import DataFormatError, Example, check_split, data_root, dataset_file, linearize_triples
+from .common import DataFormatError, Example, check_split, data_root, dataset_file, linearize_triples, read_text
 from .download import DEFAULT_TIMEOUT, fetch_files
 
 DART_DIR = "dart"
@@ -26,13 +26,11 @@ SPLITS = ("train", "dev", "test")
 def read_dart_json(path: str | os.PathLike[str]) -> list[Example]:
     """All entries of one DART JSON file; DataFormatError names the file and the line or entry index."""
     path = Path(path)
+    text = read_text(path)  # not UTF-8: an error naming the line (a BOM is dropped)
     try:
-        with path.open(encoding="utf-8-sig") as fh:
-            data = json.load(fh)
+        data = json.loads(text)
     except json.JSONDecodeError as err:
         raise DataFormatError(f"invalid JSON: {err.msg}", path, f"line {err.lineno}, column {err.colno}") from None
-    except UnicodeDecodeError as err:
-        raise DataFormatError(f"not UTF-8 (byte {err.start})", path) from None
     if not isinstance(data, list):
         raise DataFormatError(f"expected a JSON list of entries, found {type(data).__name__}", path)
     return [_entry(entry, path, index) for index, entry in enumerate(data)]

@@ -16,12 +16,13 @@ joined by `` | ``, with ``eatType``/``priceRange``/``familyFriendly`` shown as `
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .common import DataFormatError, Example, check_split, data_root, dataset_file
+from .common import DataFormatError, Example, check_split, data_root, dataset_file, read_text
 from .download import DEFAULT_TIMEOUT, fetch_files
 
 E2E_DIR = "e2e"
@@ -80,29 +81,26 @@ def read_e2e_csv(path: str | os.PathLike[str], *, require_refs: bool = True) -> 
 
 
 def _rows(path: Path, require_refs: bool) -> Iterator[tuple[int, str, str | None]]:
-    """Yield ``(line, mr, ref-or-None)``; ``utf-8-sig`` drops a byte-order mark if there is one."""
+    """Yield ``(line, mr, ref-or-None)``; a byte-order mark is dropped if there is one."""
+    text = read_text(path)  # not UTF-8: an error naming the line (a BOM is dropped)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
-        with path.open(encoding="utf-8-sig", newline="") as fh:
-            reader = csv.reader(fh, strict=True)
-            try:
-                header = next(reader, None)
-                if header is None:
-                    raise DataFormatError("empty file (expected a header row)", path, "line 1")
-                columns = [c.strip().lower() for c in header]
-                if "mr" not in columns or (require_refs and "ref" not in columns):
-                    want = "mr,ref" if require_refs else "mr (and optionally ref)"
-                    raise DataFormatError(f"header {header!r} lacks columns {want}", path, "line 1")
-                mr_col = columns.index("mr")
-                ref_col = columns.index("ref") if "ref" in columns else None
-                line = reader.line_num + 1
-                for row in reader:
-                    if row:  # csv gives [] for a blank line
-                        yield line, *_fields(row, len(columns), mr_col, ref_col, path, line)
-                    line = reader.line_num + 1
-            except csv.Error as err:
-                raise DataFormatError(f"CSV error: {err}", path, f"line {reader.line_num}") from None
-    except UnicodeDecodeError as err:
-        raise DataFormatError(f"not UTF-8 (byte {err.start})", path) from None
+        header = next(reader, None)
+        if header is None:
+            raise DataFormatError("empty file (expected a header row)", path, "line 1")
+        columns = [c.strip().lower() for c in header]
+        if "mr" not in columns or (require_refs and "ref" not in columns):
+            want = "mr,ref" if require_refs else "mr (and optionally ref)"
+            raise DataFormatError(f"header {header!r} lacks columns {want}", path, "line 1")
+        mr_col = columns.index("mr")
+        ref_col = columns.index("ref") if "ref" in columns else None
+        line = reader.line_num + 1
+        for row in reader:
+            if row:  # csv gives [] for a blank line
+                yield line, *_fields(row, len(columns), mr_col, ref_col, path, line)
+            line = reader.line_num + 1
+    except csv.Error as err:
+        raise DataFormatError(f"CSV error: {err}", path, f"line {reader.line_num}") from None
 
 
 def _fields(

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..data.common import read_lines
 from ..files import atomic_write
 from .config import PRESETS, STRATEGIES, DecodeConfig, preset
 
@@ -91,7 +92,7 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     if args.split is not None:
         sources = [ex.source for ex in task.examples(args.split, args.data)]
     else:
-        sources = Path(args.input).read_text(encoding="utf-8").splitlines()
+        sources = read_lines(args.input)  # "\n" ends a line, not a form feed or U+2028 inside one
         if sources and not any(s.strip() for s in sources):
             raise ValueError(f"{args.input}: no non-empty lines")
     if args.limit is not None:

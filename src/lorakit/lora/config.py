@@ -4,13 +4,21 @@
 from __future__ import annotations
 
 import dataclasses
-import re
+import math
+import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
+import regex
 from torch import nn
 
 Bias = Literal["none", "all", "lora_only"]
+
+# Regexes come from adapter files, i.e. from anyone, and some backtrack for minutes over a model's module names
+# (re takes 38 s on "(.*)(.*)(.*)(.*)(.*)(.*)(.*)(.*)X"; the regex package is quick on that one but not on all).
+# All matching to place one adapter shares this time limit (seconds; regex may overshoot it by about 2x).
+REGEX_TIME_LIMIT_S = 1.0
+MAX_PATTERN_CHARS = 2000
 
 # Per-architecture defaults (keyed by ``model.config.model_type``): the paper adapts W_q and W_v.
 # ``fused``: modules that hold q, k, v stacked on the output axis, with the slices to adapt.
@@ -53,18 +61,10 @@ class LoraConfig:
     base_model_name_or_path: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.r, int) or self.r <= 0:
-            raise ValueError(f"LoraConfig.r must be a positive integer, got {self.r!r}")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"LoraConfig.lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
-        if self.bias not in ("none", "all", "lora_only"):
-            raise ValueError(f"LoraConfig.bias must be 'none', 'all' or 'lora_only', got {self.bias!r}")
-        if isinstance(self.target_modules, (list, tuple, set)):
-            self.target_modules = list(self.target_modules)
-        for name, mask in self.fused_modules.items():
-            if not mask or not all(isinstance(m, bool) for m in mask) or not any(mask):
-                raise ValueError(f"LoraConfig.fused_modules[{name!r}] must be a list of booleans with at "
-                                 f"least one True, got {mask!r}")
+        # every field is checked here, so Python callers and adapter files (whoever wrote them) get the
+        # same errors, each naming the key, before any model changes
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, check_field(f.name, getattr(self, f.name)))
 
     def replace(self, **changes) -> LoraConfig:
         return dataclasses.replace(self, **changes)
@@ -82,11 +82,11 @@ class LoraConfig:
         return self.replace(target_modules=list(defaults["target_modules"]), fused_modules=dict(fused))
 
     # --- per-module values
-    def rank_for(self, module_path: str) -> int:
-        return _pattern_value(self.rank_pattern, module_path, self.r)
+    def rank_for(self, module_path: str, budget: RegexBudget | None = None) -> int:
+        return _pattern_value("rank_pattern", self.rank_pattern, module_path, self.r, budget)
 
-    def alpha_for(self, module_path: str) -> float:
-        return _pattern_value(self.alpha_pattern, module_path, self.lora_alpha)
+    def alpha_for(self, module_path: str, budget: RegexBudget | None = None) -> float:
+        return _pattern_value("alpha_pattern", self.alpha_pattern, module_path, self.lora_alpha, budget)
 
     def fused_mask_for(self, module_path: str) -> list[bool] | None:
         for name, mask in self.fused_modules.items():
@@ -94,8 +94,34 @@ class LoraConfig:
                 return list(mask)
         return None
 
-    def is_target(self, module_path: str) -> bool:
-        return _matches(self.target_modules, module_path) and not _matches(self.exclude_modules, module_path)
+    def is_target(self, module_path: str, budget: RegexBudget | None = None) -> bool:
+        budget = budget or RegexBudget()
+        return (_matches("target_modules", self.target_modules, module_path, budget)
+                and not _matches("exclude_modules", self.exclude_modules, module_path, budget))
+
+
+class RegexBudget:
+    """One time limit (``REGEX_TIME_LIMIT_S``) shared by all the regex matches made to place one adapter, so
+    a pattern that backtracks catastrophically fails in seconds instead of stalling a load (or a server)."""
+
+    def __init__(self, seconds: float | None = None) -> None:
+        self.seconds = REGEX_TIME_LIMIT_S if seconds is None else seconds
+        self.deadline = time.monotonic() + self.seconds
+        self.names: set[str] = set()
+
+    def match(self, key: str, pattern: str, text: str, full: bool = True) -> bool:
+        """Whether ``pattern`` matches ``text`` (all of it with ``full``, else from its start)."""
+        self.names.add(text)
+        remaining = self.deadline - time.monotonic()
+        try:
+            if remaining <= 0:
+                raise TimeoutError
+            found = (regex.fullmatch if full else regex.match)(pattern, text, timeout=remaining)
+        except TimeoutError:
+            shown = pattern if len(pattern) <= 60 else pattern[:57] + "..."
+            raise ValueError(f"{key} regex took longer than {self.seconds:g} s over {len(self.names)} module "
+                             f"names ({shown!r}); list module names instead or simplify it") from None
+        return found is not None
 
 
 def name_matches(name: str, module_path: str) -> bool:
@@ -103,17 +129,137 @@ def name_matches(name: str, module_path: str) -> bool:
     return module_path == name or module_path.endswith("." + name)
 
 
-def _matches(spec: list[str] | str | None, module_path: str) -> bool:
+def _matches(key: str, spec: list[str] | str | None, module_path: str, budget: RegexBudget) -> bool:
     if spec is None:
         return False
     if isinstance(spec, str):
-        return re.fullmatch(spec, module_path) is not None
+        return budget.match(key, spec, module_path)
     return any(name_matches(name, module_path) for name in spec)
 
 
-def _pattern_value(patterns: dict, module_path: str, default):
+def _pattern_value(key: str, patterns: dict, module_path: str, default, budget: RegexBudget | None):
     """PEFT's ``rank_pattern`` / ``alpha_pattern``: keys are regexes matched against the path's end."""
-    for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", module_path):
+    budget = budget or RegexBudget()
+    for pattern, value in patterns.items():
+        if budget.match(key, rf"(.*\.)?({pattern})$", module_path, full=False):
             return value
     return default
+
+
+# --- checking every field once ------------------------------------------------------------------------
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# each check takes ``key``, how to name the value in a message ("key 'r'"), and returns the value to keep
+def _positive_int(key: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    return value
+
+
+def _finite(key: str, value: Any) -> float:
+    if not _is_number(value):
+        raise ValueError(f"{key} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{key} must be a finite number, got {value!r}")
+    return value
+
+
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
+def _optional_str(key: str, value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def check_pattern(key: str, pattern: Any) -> str:
+    """A regex from a config (``key``: how to name where it is): a string of sane length that compiles, in
+    ``regex``'s syntax (a superset of ``re``'s)."""
+    if not isinstance(pattern, str):
+        raise ValueError(f"{key} must hold strings, got {pattern!r}")
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise ValueError(f"{key}: a regular expression of {len(pattern)} characters is too long "
+                         f"(at most {MAX_PATTERN_CHARS})")
+    try:
+        regex.compile(pattern)
+    except regex.error as err:
+        raise ValueError(f"{key}: {pattern!r} is not a valid regular expression: {err}") from None
+    return pattern
+
+
+def _names(key: str, value: Any, regex_allowed: bool) -> list[str] | str | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and regex_allowed:
+        return check_pattern(key, value)
+    if isinstance(value, (list, tuple, set)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    what = "a list of module names or one regular expression" if regex_allowed else "a list of module names"
+    raise ValueError(f"{key} must be {what}, got {value!r}")
+
+
+def _mapping(key: str, value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError(f"{key} must be an object (a mapping), got {value!r}")
+    return value
+
+
+def _pattern_dict(key: str, value: Any, check) -> dict:
+    out = {}
+    for pattern, v in _mapping(key, value).items():
+        check_pattern(key, pattern)
+        out[pattern] = check(f"{key} entry {pattern!r}", v)
+    return out
+
+
+def _fused(key: str, value: Any) -> dict[str, list[bool]]:
+    out = {}
+    for name, mask in _mapping(key, value).items():
+        if (not isinstance(mask, (list, tuple)) or not mask or not all(isinstance(m, bool) for m in mask)
+                or not any(mask)):
+            raise ValueError(f"{key} entry {name!r} must be a list of booleans with at least one true, got {mask!r}")
+        out[name] = list(mask)
+    return out
+
+
+def _dropout(key: str, value: Any) -> float:
+    if not _is_number(value):
+        raise ValueError(f"{key} must be a number, got {value!r}")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{key} must be in [0, 1), got {value!r}")
+    return value
+
+
+def _bias(key: str, value: Any) -> str:
+    if value not in ("none", "all", "lora_only") or not isinstance(value, str):
+        raise ValueError(f"{key} must be 'none', 'all' or 'lora_only', got {value!r}")
+    return value
+
+
+_CHECKS = {
+    "r": _positive_int,
+    "lora_alpha": _finite,
+    "lora_dropout": _dropout,
+    "target_modules": lambda k, v: _names(k, v, regex_allowed=True),
+    "exclude_modules": lambda k, v: _names(k, v, regex_allowed=True),
+    "fused_modules": _fused,
+    "bias": _bias,
+    "modules_to_save": lambda k, v: _names(k, v, regex_allowed=False),
+    "use_rslora": _bool,
+    "init_lora_weights": _bool,
+    "rank_pattern": lambda k, v: _pattern_dict(k, v, _positive_int),
+    "alpha_pattern": lambda k, v: _pattern_dict(k, v, _finite),
+    "task_type": _optional_str,
+    "base_model_name_or_path": _optional_str,
+}
+
+
+def check_field(key: str, value: Any) -> Any:
+    """``value`` for ``LoraConfig`` field ``key`` (lists normalised), or ``ValueError`` naming the key."""
+    return _CHECKS[key](f"key {key!r}", value)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .config import LoraConfig, name_matches
+from .config import LoraConfig, RegexBudget, name_matches
 from .layers import Embedding, FusedLinear, Linear, LoraLayer, ModulesToSave
 
 _CONFIGS = "_lorakit_configs"
@@ -138,9 +138,13 @@ def _set_adapter_grad(model: nn.Module, name: str, trainable: bool) -> None:
             wrapper.modules_to_save[name].requires_grad_(trainable)
 
 
-def match_modules(config: LoraConfig, candidates: Iterable[tuple[str, nn.Module]]
+def match_modules(config: LoraConfig, candidates: Iterable[tuple[str, nn.Module]], budget: RegexBudget | None = None
                   ) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, nn.Module]]]:
-    """(LoRA targets, ``modules_to_save``) of ``config`` among ``candidates`` (module paths)."""
+    """(LoRA targets, ``modules_to_save``) of ``config`` among ``candidates`` (module paths).
+
+    Regexes (``target_modules``, ``exclude_modules``) run within ``budget`` (default: a fresh one): a ValueError
+    says when one took too long, since they come from adapter files."""
+    budget = budget or RegexBudget()
     # a path can only match a name by its last component: skip the rest without matching (keeps this fast)
     names = [*(config.target_modules if isinstance(config.target_modules, list) else []),
              *(config.modules_to_save or [])]
@@ -149,7 +153,7 @@ def match_modules(config: LoraConfig, candidates: Iterable[tuple[str, nn.Module]
     for path, module in candidates:
         if lasts is not None and path.rpartition(".")[2] not in lasts:
             continue
-        if config.is_target(path):
+        if config.is_target(path, budget):
             targets.append((path, module))
         elif config.modules_to_save and any(name_matches(m, path) for m in config.modules_to_save):
             saved.append((path, module))
@@ -157,7 +161,8 @@ def match_modules(config: LoraConfig, candidates: Iterable[tuple[str, nn.Module]
 
 
 def _inject(model: nn.Module, config: LoraConfig, name: str) -> None:
-    targets, saved = match_modules(config, candidate_modules(model))
+    budget = RegexBudget()
+    targets, saved = match_modules(config, candidate_modules(model), budget)
     if not targets:
         sample = [p for p, m in candidate_modules(model) if isinstance(m, (nn.Linear, Conv1D))][:8]
         raise ValueError(f"target_modules={config.target_modules!r} matched no module; Linear modules here "
@@ -173,7 +178,7 @@ def _inject(model: nn.Module, config: LoraConfig, name: str) -> None:
         else:
             layer = make_layer(path, module, mask)
             set_module(model, path, layer)
-        layer.add_adapter(name, config.rank_for(path), config.alpha_for(path), config.lora_dropout,
+        layer.add_adapter(name, config.rank_for(path, budget), config.alpha_for(path, budget), config.lora_dropout,
                           config.use_rslora, config.init_lora_weights)
     for path, module in saved:
         wrapper = module if isinstance(module, ModulesToSave) else ModulesToSave(module)
@@ -189,8 +194,12 @@ def rollback_on_error(model: nn.Module, name: str) -> Iterator[None]:
     snapshot = _Snapshot(model)
     try:
         yield
-    except BaseException:
-        snapshot.restore(model, name)
+    except BaseException as err:
+        try:
+            snapshot.restore(model, name)
+        except Exception as undo:  # the caller must see what went wrong first, not a follow-on error
+            err.add_note(f"lorakit: undoing the failed add of adapter {name!r} also failed ({undo!r}); "
+                         "the model may be left changed")
         raise
 
 
@@ -215,10 +224,20 @@ class _Snapshot:
 def _remove_from_layers(model: nn.Module, name: str) -> None:
     for path, module in list(lora_layers(model)) + list(saved_modules(model)):
         if name in module.adapter_names:
-            module.delete_adapter(name)
+            if isinstance(module, LoraLayer) and name not in module.scaling:
+                _strip_half_added(module, name)
+            else:
+                module.delete_adapter(name)
         if not module.adapter_names:  # also a wrapper left empty by a failed add
             original = module.base_layer if isinstance(module, LoraLayer) else module.original_module
             set_module(model, path, original)
+
+
+def _strip_half_added(layer: LoraLayer, name: str) -> None:
+    """Remove what a ``LoraLayer.add_adapter`` that raised part-way left (its rank recorded, not its scaling)."""
+    layer._remove(name)
+    layer.r.pop(name, None)
+    layer.active_adapters = [a for a in layer.active_adapters if a != name]
 
 
 def delete_adapter(model: nn.Module, name: str) -> None:

@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
-from .config import LoraConfig
-from .layers import Embedding, LoraLayer, ModulesToSave, features, lora_scaling
+from .config import LoraConfig, RegexBudget
+from .layers import Embedding, LoraLayer, ModulesToSave, lora_scaling
 from .model import (
     adapter_names,
     candidate_modules,
@@ -37,7 +36,14 @@ from .model import (
     set_module,
     wrappers,
 )
-from .state import PEFT_PREFIX, AdapterMismatchError, check_tensor_names
+from .state import (
+    AdapterMismatchError,
+    check_adapter_tensors,
+    head_outputs_in_file,
+    lora_factor_shapes,
+    peft_key,
+    resized_head,
+)
 
 
 class _Bank:
@@ -384,56 +390,45 @@ def plan_routed_adapter(model: nn.Module, config: LoraConfig, tensors: dict[str,
     weight = next(model.parameters())
     plan, expected = RoutedAdapter(), {}
     staged: dict[str, tuple[str, str, float]] = {}  # path -> (A's key, B's key, scaling)
-    targets, saved_modules = match_modules(config, candidates if candidates is not None else candidate_modules(model))
+    budget = RegexBudget()
+    try:
+        targets, saved_modules = match_modules(config, candidates if candidates is not None
+                                               else candidate_modules(model), budget)
+        ranks = {path: (config.rank_for(path, budget), config.alpha_for(path, budget)) for path, _ in targets}
+    except ValueError as err:  # a regex from the file that took too long
+        raise AdapterMismatchError(f"{source}: {err}") from err
     for path, module in targets:
         base = module.base_layer if isinstance(module, LoraLayer) else module
         mask = config.fused_mask_for(path)
-        r = config.rank_for(path)
-        scaling = lora_scaling(r, config.alpha_for(path), config.use_rslora)
-        rank = r * sum(mask) if mask else r
-        prefix = f"{PEFT_PREFIX}{path}."
-        if isinstance(base, nn.Embedding) and mask is None:
-            keys = prefix + "lora_embedding_A", prefix + "lora_embedding_B"
-            expected[keys[0]] = [rank, base.num_embeddings]
-            expected[keys[1]] = [base.embedding_dim, rank]
-        elif isinstance(base, (nn.Linear, Conv1D)):
-            in_dim, out_dim, _ = features(base)
-            keys = prefix + "lora_A.weight", prefix + "lora_B.weight"
-            expected[keys[0]] = [rank, in_dim]
-            expected[keys[1]] = [out_dim, rank]
-        else:
+        r, alpha = ranks[path]
+        layout = lora_factor_shapes(path, base, r * sum(mask) if mask else r)
+        if layout is None or (mask and isinstance(base, nn.Embedding)):
             raise AdapterMismatchError(f"{source}: {path} is a {type(base).__name__}; LoRA supports nn.Linear, "
                                        "transformers Conv1D and nn.Embedding (fused slices: Linear/Conv1D)")
-        staged[path] = (*keys, scaling)
+        expected.update(layout)
+        staged[path] = (*layout, lora_scaling(r, alpha, config.use_rslora))
         plan.layers[path] = module
         if not isinstance(module, LoraLayer):
             plan.wrap[path] = mask
     for path, module in saved_modules:
         original = module.original_module if isinstance(module, ModulesToSave) else module
         shapes = {rel: list(p.shape) for rel, p in original.named_parameters()}
-        saved = tensors.get(f"{PEFT_PREFIX}{path}.weight")
-        if (head_size_from_file and isinstance(original, nn.Linear) and saved is not None and saved.ndim == 2
-                and saved.shape[1] == original.in_features):  # a head with another number of labels
-            shapes["weight"] = list(saved.shape)
+        outputs = head_outputs_in_file(path, original, tensors) if head_size_from_file else None
+        if outputs is not None:  # a head with another number of labels
+            shapes["weight"] = [outputs, original.in_features]
             if "bias" in shapes:
-                shapes["bias"] = [saved.shape[0]]
+                shapes["bias"] = [outputs]
         plan.heads[path] = {}
-        expected.update({f"{PEFT_PREFIX}{path}.{rel}": shape for rel, shape in shapes.items()})
+        expected.update({peft_key(path, rel): shape for rel, shape in shapes.items()})
     if not staged:
         raise AdapterMismatchError(f"{source}: target_modules={config.target_modules!r} matched no module of "
                                    "this model")
-    check_tensor_names(expected, tensors, source, expected.__getitem__)
-    for key, shape in expected.items():
-        value = tensors[key]
-        if list(value.shape) != shape:
-            raise AdapterMismatchError(f"{source}: tensor {key!r} has shape {list(value.shape)}, expected {shape}")
-        if not value.is_floating_point():
-            raise AdapterMismatchError(f"{source}: tensor {key!r} has dtype {value.dtype}, expected floats")
+    check_adapter_tensors(expected, tensors, source)
     cast = {"device": weight.device, "dtype": weight.dtype}
     for path, (a_key, b_key, scaling) in staged.items():
         plan.factors[path] = (tensors[a_key].to(**cast), tensors[b_key].to(**cast), scaling)
     for path, params in plan.heads.items():
-        prefix = f"{PEFT_PREFIX}{path}."
+        prefix = peft_key(path, "")
         for key in expected:
             if key.startswith(prefix):
                 params[key[len(prefix):]] = tensors[key].to(**cast)
@@ -484,8 +479,7 @@ def _head_copy(original: nn.Module, params: dict[str, torch.Tensor]) -> nn.Modul
     """A copy of ``original`` holding ``params`` (a Linear takes the file's number of outputs)."""
     weight = params.get("weight")
     if isinstance(original, nn.Linear) and weight is not None and weight.shape != original.weight.shape:
-        head = nn.Linear(original.in_features, weight.shape[0], bias=original.bias is not None,
-                         device=weight.device, dtype=weight.dtype)
+        head = resized_head(original, weight.shape[0], weight.device, weight.dtype)
     else:
         head = copy.deepcopy(original)
     head.requires_grad_(False)

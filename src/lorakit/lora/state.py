@@ -1,7 +1,9 @@
 """An adapter's tensors under PEFT's names (``base_model.model.<path>.lora_A.weight``), out and in.
 
 Reading in is two-phase: every tensor is checked and converted first, and only then copied into the
-model, so a bad file never leaves an adapter half loaded.
+model, so a bad file never leaves an adapter half loaded. The layout (PEFT's keys and the shapes they must
+have, heads that take the file's number of labels) and the check of a file's tensors against it are
+defined here once, for loading into modules and for the server's routed path (``routing``) alike.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
-from .layers import FusedLinear
+from .layers import FusedLinear, features
 from .model import adapter_config, lora_layers, saved_modules, trainable_biases
 
 PEFT_PREFIX = "base_model.model."
@@ -20,6 +23,58 @@ PEFT_PREFIX = "base_model.model."
 
 class AdapterMismatchError(ValueError):
     """The tensors offered do not fit the adapter's place in this model (names or shapes)."""
+
+
+class AdapterFormatError(ValueError):
+    """An adapter file that cannot be read: names the file and what is wrong in it."""
+
+
+def peft_key(path: str, rel: str) -> str:
+    """PEFT's name for parameter ``rel`` of the module at ``path``."""
+    return f"{PEFT_PREFIX}{path}.{rel}"
+
+
+def lora_factor_shapes(path: str, base: nn.Module, rank: int) -> dict[str, list[int]] | None:
+    """PEFT's keys and shapes of the A and B factors of a rank-``rank`` LoRA on ``base`` (a fused q/k/v
+    LoRA is saved as the equivalent plain one of rank k*r); ``None`` for a module LoRA does not support."""
+    if isinstance(base, nn.Embedding):
+        return {peft_key(path, "lora_embedding_A"): [rank, base.num_embeddings],
+                peft_key(path, "lora_embedding_B"): [base.embedding_dim, rank]}
+    if isinstance(base, (nn.Linear, Conv1D)):
+        in_dim, out_dim, _ = features(base)
+        return {peft_key(path, "lora_A.weight"): [rank, in_dim], peft_key(path, "lora_B.weight"): [out_dim, rank]}
+    return None
+
+
+def head_outputs_in_file(path: str, original: nn.Module, tensors: dict[str, torch.Tensor]) -> int | None:
+    """The number of outputs a ``modules_to_save`` Linear (a classification head) has in the file, when it
+    differs from ``original``'s and only that differs; ``None`` otherwise (the tensor check then judges)."""
+    saved = tensors.get(peft_key(path, "weight"))
+    if (not isinstance(original, nn.Linear) or saved is None or saved.ndim != 2
+            or saved.shape[1] != original.in_features or saved.shape == original.weight.shape):
+        return None
+    return int(saved.shape[0])
+
+
+def resized_head(original: nn.Linear, outputs: int, device: torch.device, dtype: torch.dtype) -> nn.Linear:
+    """A Linear like ``original`` with ``outputs`` outputs (its values are set by the caller)."""
+    return nn.Linear(original.in_features, outputs, bias=original.bias is not None, device=device, dtype=dtype)
+
+
+def check_adapter_tensors(expected: dict[str, list[int]], tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Raise naming ``source`` and the tensor unless ``tensors`` has exactly the ``expected`` keys, each with
+    its shape, floating point and finite (a NaN or infinity would reach every output of every request)."""
+    check_tensor_names(expected, tensors, source, expected.__getitem__)
+    for key, shape in expected.items():
+        value = tensors[key]
+        if list(value.shape) != shape:
+            raise AdapterMismatchError(f"{source}: tensor {key!r} has shape {list(value.shape)}, expected {shape}")
+        if not value.is_floating_point():
+            raise AdapterMismatchError(f"{source}: tensor {key!r} has dtype {value.dtype}, expected floats")
+        if not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise AdapterFormatError(f"{source}: tensor {key!r} has {bad} non-finite value{'s' if bad > 1 else ''} "
+                                     "(NaN or infinity)")
 
 
 @dataclass
@@ -61,9 +116,9 @@ def _slots(model: nn.Module, name: str) -> dict[str, _Slot]:
         if name not in layer.adapter_names:
             continue
         for rel, param in layer.adapter_named_parameters(name):
-            slots[f"{PEFT_PREFIX}{path}.{rel}"] = _Slot(param, lambda p=param: p, _identity)
+            slots[peft_key(path, rel)] = _Slot(param, lambda p=param: p, _identity)
         if isinstance(layer, FusedLinear):  # PEFT has no slice LoRA: save the equivalent rank k*r LoRA
-            b_key = f"{PEFT_PREFIX}{path}.lora_B.weight"
+            b_key = peft_key(path, "lora_B.weight")
             slots[b_key] = _Slot(
                 layer.lora_B[name].weight,
                 lambda lay=layer: lay.to_full_rank_lora(name)[1],
@@ -72,7 +127,7 @@ def _slots(model: nn.Module, name: str) -> dict[str, _Slot]:
     for path, wrapper in saved_modules(model):
         if name in wrapper.adapter_names:
             for rel, param in wrapper.modules_to_save[name].named_parameters():
-                slots[f"{PEFT_PREFIX}{path}.{rel}"] = _Slot(param, lambda p=param: p, _identity)
+                slots[peft_key(path, rel)] = _Slot(param, lambda p=param: p, _identity)
     for path, param in trainable_biases(model, name, config):
         slots[f"{PEFT_PREFIX}{path}"] = _Slot(param, lambda p=param: p, _identity)
     return slots
@@ -89,20 +144,15 @@ def load_adapter_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], 
     """Copy ``tensors`` (PEFT names) into adapter ``name``, all or nothing.
 
     Raises ``AdapterMismatchError`` naming the first missing or unexpected key, or the tensor whose shape
-    differs (expected and actual), before anything in the model has changed.
+    differs (expected and actual), or ``AdapterFormatError`` for a non-finite tensor, before anything in
+    the model has changed.
     """
     slots = _slots(model, name)
-    check_tensor_names(slots, tensors, source, lambda key: slots[key].saved_shape)
+    check_adapter_tensors({key: slot.saved_shape for key, slot in slots.items()}, tensors, source)
     staged: list[tuple[torch.Tensor, torch.Tensor]] = []
     for key, slot in slots.items():
-        value = tensors[key]
-        if list(value.shape) != slot.saved_shape:
-            raise AdapterMismatchError(f"{source}: tensor {key!r} has shape {list(value.shape)}, expected "
-                                       f"{slot.saved_shape}")
-        if not (value.is_floating_point() or value.is_complex()):
-            raise AdapterMismatchError(f"{source}: tensor {key!r} has dtype {value.dtype}, expected floats")
         try:
-            converted = slot.import_(value)
+            converted = slot.import_(tensors[key])
         except ValueError as err:
             raise AdapterMismatchError(f"{source}: tensor {key!r}: {err}") from err
         staged.append((slot.param, converted))

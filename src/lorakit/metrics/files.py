@@ -6,6 +6,8 @@ import os
 import warnings
 from pathlib import Path
 
+from ..data.common import DataFormatError, read_lines
+
 
 class MetricsFileError(ValueError):
     """A references or hypotheses file cannot be scored; the message names the file and what is wrong."""
@@ -16,9 +18,12 @@ class MetricsWarning(UserWarning):
 
 
 def _lines(path: str | os.PathLike[str]) -> list[str]:
-    # utf-8-sig: files saved by spreadsheet tools start with a BOM, which would otherwise glue onto word one.
-    with open(path, encoding="utf-8-sig") as fh:
-        return [line.strip() for line in fh.read().splitlines()]
+    """Stripped lines, split on line ends only (so a form feed in an output cannot shift the rest), a BOM
+    dropped; bytes that are not UTF-8 are an error naming the file and line."""
+    try:
+        return [line.strip() for line in read_lines(path)]
+    except DataFormatError as err:
+        raise MetricsFileError(f"{path}: {err.where}: {err.message}") from None
 
 
 def read_e2e_refs(path: str | os.PathLike[str]) -> list[list[str]]:

@@ -8,13 +8,13 @@ import json
 import sys
 from pathlib import Path
 
-from ..data.common import DataFormatError
+from ..data.common import DataFormatError, read_lines
 from ..data.glue import GlueExample
 
 
 def read_inputs(path: str) -> list[GlueExample]:
     """One input per line; a tab separates the two sentences of a pair. Every line must agree."""
-    lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    lines = read_lines(path)  # "\n" ends a line, not a form feed or U+2028 inside one
     if not lines:
         raise DataFormatError("no inputs", path)
     examples = []
