@@ -3,26 +3,41 @@
 Handlers only check and tokenize requests and wait for the engine (``engine.py``), which runs the model on
 its own thread; they never block the event loop on a forward pass. Errors use OpenAI's shape
 ``{"error": {"message", "type", "param", "code"}}`` so the official client raises with the message.
+
+Two ASGI layers sit in front of the handlers, both acting before a body is read: ``_Guard`` checks bearer
+tokens (an API key for the model endpoints, an admin token for loading and unloading adapters) and
+``_BodyLimit`` answers 413 to bodies over ``max_body_bytes``, so a huge body is never parsed on the event
+loop (which would hold up every other request, ``/health`` included).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
+import hmac
 import json
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException
 
-from .engine import Engine, GenerationRow, QueueFull
-from .registry import AdapterNotFound, AdapterRefused
-from .schemas import AdapterRequest, ClassifyRequest, CompletionRequest
+from .engine import Engine, GenerationRow, QueueFull, RequestRejected
+from .registry import AdapterConflict, AdapterNotFound, AdapterRefused
+from .schemas import AdapterRequest, ClassifyRequest, CompletionRequest, UnloadRequest
+
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+ADMIN_PATHS = ("/v1/adapters/",)  # loading and unloading: what every client then gets served
+OPEN_PATHS = ("/health", "/metrics")  # probes and scrapers send no token
 
 
 class ApiError(Exception):
@@ -36,17 +51,141 @@ def _error_body(message: str, kind: str, param: str | None = None, code: str | N
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def api_error(err: BaseException) -> ApiError:
-    """The HTTP status and message for an error raised while serving a request."""
+def _json_safe(value: Any) -> Any:
+    """``value`` as strict JSON can carry it: error bodies echo client input, which may hold NaN, infinities
+    or lone surrogates (Python's JSON parser accepts all three), and must never fail to serialise."""
+    if isinstance(value, dict):
+        return {_json_safe(str(k)): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    return _json_safe(str(value))
+
+
+class SafeJSONResponse(JSONResponse):
+    """A JSON response whose content is made strict JSON first (see ``_json_safe``)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(_json_safe(content), ensure_ascii=False, allow_nan=False,
+                          separators=(",", ":")).encode("utf-8")
+
+
+def _error_response(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+                    code: str | None = None, headers: dict[str, str] | None = None) -> SafeJSONResponse:
+    return SafeJSONResponse(_error_body(message, kind, param, code), status_code=status, headers=headers)
+
+
+def api_error(err: BaseException, param: str = "model") -> ApiError:
+    """The HTTP status and message for an error raised while serving a request; ``param``: the request field
+    that named the adapter."""
     if isinstance(err, ApiError):
         return err
     if isinstance(err, AdapterNotFound):
-        return ApiError(404, str(err), code="model_not_found", param="model")
+        return ApiError(404, str(err), code="model_not_found", param=param)
+    if isinstance(err, AdapterConflict):
+        return ApiError(409, str(err), param=param, code="adapter_name_taken")
     if isinstance(err, AdapterRefused):
-        return ApiError(400, str(err), param="model")
+        return ApiError(400, str(err), param=getattr(err, "param", None) or param)
     if isinstance(err, QueueFull):
         return ApiError(503, str(err), kind="server_overloaded")
+    if isinstance(err, RequestRejected):  # can never succeed as sent (413: larger than the queue)
+        return ApiError(err.status, str(err), param=err.param,
+                        code="request_too_large" if err.status == 413 else None)
     return ApiError(500, f"{type(err).__name__}: {err}", kind="server_error")
+
+
+def _bearer(scope: dict[str, Any]) -> bytes | None:
+    """The token of an ``Authorization: Bearer <token>`` header, if the request has one."""
+    for key, value in scope.get("headers", ()):
+        if key == b"authorization":
+            scheme, _, token = value.strip().partition(b" ")
+            return token.strip() if scheme.lower() == b"bearer" and token.strip() else None
+    return None
+
+
+class _Guard:
+    """Bearer-token checks, before anything else reads the request (ASGI middleware).
+
+    ``api_key`` guards every path but the adapter admin ones, which ``admin_token`` guards, and the open ones;
+    with an API key and no admin token they need the API key (a server that asks for a key to generate
+    must not let anyone change what it serves). ``/health`` and ``/metrics`` stay open. Tokens are
+    compared in constant time (``hmac.compare_digest``)."""
+
+    def __init__(self, app: Any, api_key: str | None, admin_token: str | None) -> None:
+        self.app = app
+        self.api_key = api_key.encode("utf-8") if api_key else None
+        self.admin_token = admin_token.encode("utf-8") if admin_token else self.api_key
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        admin = path.startswith(ADMIN_PATHS)
+        needed = self.admin_token if admin else self.api_key  # any other path: the API key (deny by default)
+        given = _bearer(scope)
+        if needed is not None and (given is None or not hmac.compare_digest(given, needed)):
+            if admin:
+                message = ("missing or wrong admin token: loading and unloading adapters needs 'Authorization: "
+                           "Bearer <token>' with the server's admin token (lorakit serve --admin-token or "
+                           "LORAKIT_ADMIN_TOKEN; its API key when it has no admin token)")
+            else:
+                message = ("missing or incorrect API key: send 'Authorization: Bearer <key>' with the server's "
+                           "API key (lorakit serve --api-key or LORAKIT_API_KEY; the openai client's api_key)")
+            response = _error_response(401, message, code="invalid_admin_token" if admin else "invalid_api_key",
+                                       headers={"WWW-Authenticate": 'Bearer realm="lorakit"'})
+            return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+class _BodyLimit:
+    """413 for request bodies over ``limit`` bytes, decided before the body is parsed (ASGI middleware).
+
+    A declared ``Content-Length`` over the limit is refused unread; a chunked body is read up to the
+    limit and refused as soon as it passes it. Bodies within the limit are handed on as they came."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    def _too_large(self) -> SafeJSONResponse:
+        return _error_response(413, f"request body is over this server's limit of {self.limit} bytes "
+                                    "(lorakit serve --max-body-bytes)", code="request_too_large")
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), None)
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._too_large()(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away: nobody to answer
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                return await self._too_large()(scope, receive, send)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()  # later calls: disconnect notices, as the server sends them
+
+        await self.app(scope, replay, send)
 
 
 def _endpoint(path: str) -> str:
@@ -56,11 +195,29 @@ def _endpoint(path: str) -> str:
     return path if path in known else "other"
 
 
-def create_app(engine: Engine, base_name: str) -> FastAPI:
-    """The API over a running ``engine`` whose base model is called ``base_name`` in requests."""
-    app = FastAPI(title="lorakit serve", version="0.1.0")
+def create_app(engine: Engine, base_name: str, *, api_key: str | None = None, admin_token: str | None = None,
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+    """The API over a running ``engine`` whose base model is called ``base_name`` in requests.
+
+    ``api_key``: required (``Authorization: Bearer``) by the completion, classification and model-list
+    endpoints; ``admin_token``: by ``/v1/adapters/load`` and ``/unload`` (which fall back to ``api_key``);
+    None leaves them open. ``max_body_bytes``: larger request bodies get 413."""
+    if max_body_bytes < 1:
+        raise ValueError(f"max_body_bytes must be at least 1, got {max_body_bytes}")
+    # tokenizing a long prompt takes a while: one thread of its own (fast tokenizers are not thread-safe, so
+    # one tokenizer, one thread) keeps the event loop, and so /health and every other request, responsive
+    tokenizing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorakit-tokenizer")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        tokenizing.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="lorakit serve", version="0.1.0", lifespan=lifespan)
+    app.add_middleware(_BodyLimit, limit=max_body_bytes)  # added first: inside the guard, which runs first
+    app.add_middleware(_Guard, api_key=api_key or None, admin_token=admin_token or None)
     metrics = engine.metrics
-    tokenizer = copy.deepcopy(engine.tokenizer)  # the event loop's own (the engine thread uses another)
+    tokenizer = copy.deepcopy(engine.tokenizer)  # the tokenizing thread's own (the engine thread uses another)
     metrics.gauge("lorakit_queue_rows", "Rows waiting for a batch slot.", engine.queued)
     metrics.gauge("lorakit_adapters_loaded", "Adapters attached to the model.", lambda: len(engine.loaded()))
 
@@ -84,9 +241,19 @@ def create_app(engine: Engine, base_name: str) -> FastAPI:
             metrics.observe(endpoint, response.status_code, time.perf_counter() - start)
         return response
 
+    root = str(engine.registry.root)
+
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, err: ApiError) -> JSONResponse:
-        return JSONResponse(_error_body(err.message, err.kind, err.param, err.code), status_code=err.status)
+        message = err.message.replace(root + "/", "").replace(root, "<adapter folder>")  # no server paths out
+        return _error_response(err.status, message, err.kind, err.param, err.code)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
+        """Starlette's own errors (unknown path, wrong method, a body that is not parseable JSON) in OpenAI's
+        shape too, so every error a client gets reads the same."""
+        kind = "invalid_request_error" if err.status_code < 500 else "server_error"
+        return _error_response(err.status_code, str(err.detail), kind, headers=err.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
@@ -95,8 +262,8 @@ def create_app(engine: Engine, base_name: str) -> FastAPI:
         first = err.errors()[0].get("loc", ()) if err.errors() else ()
         param = ".".join(str(x) for x in first if x != "body") or None
         body = _error_body("; ".join(problems), "invalid_request_error", param)
-        body["detail"] = json.loads(json.dumps(err.errors(), default=str))
-        return JSONResponse(body, status_code=422)
+        body["detail"] = [{k: v for k, v in e.items() if k != "input" or _small(v)} for e in err.errors()]
+        return SafeJSONResponse(body, status_code=422)
 
     def resolve(model: str) -> str | None:
         """The adapter a request names (None: the base model); 404 / 400 when there is none or it is refused."""
@@ -112,7 +279,7 @@ def create_app(engine: Engine, base_name: str) -> FastAPI:
 
     @app.get("/metrics")
     async def prometheus() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -126,44 +293,53 @@ def create_app(engine: Engine, base_name: str) -> FastAPI:
 
     @app.post("/v1/adapters/load")
     async def load(body: AdapterRequest) -> dict[str, Any]:
+        if body.name == base_name:
+            raise ApiError(409, f"{base_name!r} is the base model's name, not an adapter's", param="name",
+                           code="adapter_name_taken")
+        new = False
         try:
             if body.path is not None:
-                engine.registry.register(body.name, body.path)
+                new = engine.registry.register(body.name, body.path)
             else:
                 engine.registry.folder(body.name)
             await asyncio.wrap_future(engine.load(body.name))
-        except Exception as err:
-            raise api_error(err) from err
+        except BaseException as err:  # cancelled too: a load that did not finish leaves no name behind
+            if new:
+                engine.registry.forget(body.name)
+            if not isinstance(err, Exception):
+                raise
+            raise api_error(err, param="name") from err
         return {"name": body.name, "loaded": True}
 
     @app.post("/v1/adapters/unload")
-    async def unload(body: AdapterRequest) -> dict[str, Any]:
+    async def unload(body: UnloadRequest) -> dict[str, Any]:
         try:
             engine.registry.folder(body.name)
             was_loaded = await asyncio.wrap_future(engine.unload(body.name))
         except Exception as err:
-            raise api_error(err) from err
+            raise api_error(err, param="name") from err
         return {"name": body.name, "unloaded": bool(was_loaded)}
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest):
+    async def completions(body: CompletionRequest, request: Request):
         if engine.classifier:
             raise ApiError(400, f"{base_name} is a classification model: use /v1/classify", param="model")
         try:
             adapter = resolve(body.model)
         except Exception as err:
             raise api_error(err) from err
-        prompts = [_encode(tokenizer, p) for p in body.prompts()]
+        loop = asyncio.get_running_loop()
+        prompts = await loop.run_in_executor(tokenizing, lambda: [_encode(tokenizer, p, engine.input_vocab)
+                                                                         for p in body.prompts()])
         max_tokens = body.max_tokens or 16
         _check_lengths(prompts, max_tokens, engine.context_length)
-        loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
 
         def emit(kind: str, data: dict[str, Any]) -> None:  # engine thread -> event loop
             loop.call_soon_threadsafe(events.put_nowait, (kind, data))
 
         rows = [GenerationRow(adapter, prompt, max_tokens, body.temperature, body.top_p, list(body.stop or []), emit,
-                              index=i * body.n + c, seed=None if body.seed is None else body.seed + i * body.n + c)
+                              index=i * body.n + c, seed=_row_seed(body.seed, i * body.n + c))
                 for i, prompt in enumerate(prompts) for c in range(body.n)]
         try:
             engine.generate(rows)
@@ -172,9 +348,9 @@ def create_app(engine: Engine, base_name: str) -> FastAPI:
         reply = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
         usage = {"prompt_tokens": sum(len(p) for p in prompts) * body.n}
         if body.stream:
-            include_usage = bool((body.stream_options or {}).get("include_usage"))
+            include_usage = body.stream_options is not None and body.stream_options.include_usage
             return StreamingResponse(_stream(rows, events, reply, usage, include_usage), media_type="text/event-stream")
-        return await _collect(rows, events, reply, usage)
+        return await _collect(rows, events, reply, usage, request)
 
     @app.post("/v1/classify")
     async def classify(body: ClassifyRequest) -> dict[str, Any]:
@@ -188,12 +364,13 @@ def create_app(engine: Engine, base_name: str) -> FastAPI:
         inputs = body.inputs()
         if not inputs:
             raise ApiError(400, "input is empty", param="input")
-        limit = engine.context_length or tokenizer.model_max_length
-        encoded = tokenizer([x if isinstance(x, str) else x[0] for x in inputs],
-                            [x[1] for x in inputs] if all(not isinstance(x, str) for x in inputs) else None,
-                            truncation=True, max_length=limit) if _same_kind(inputs) else None
-        if encoded is None:
+        if not _same_kind(inputs):
             raise ApiError(400, "input mixes single texts and pairs; send one kind per request", param="input")
+        limit = engine.context_length or tokenizer.model_max_length
+        encoded = await asyncio.get_running_loop().run_in_executor(tokenizing, lambda: tokenizer(
+            [x if isinstance(x, str) else x[0] for x in inputs],
+            [x[1] for x in inputs] if all(not isinstance(x, str) for x in inputs) else None,
+            truncation=True, max_length=limit))
         try:
             probs, labels = await asyncio.wrap_future(engine.classify(adapter, encoded["input_ids"],
                                                                       encoded.get("token_type_ids")))
@@ -204,16 +381,34 @@ def create_app(engine: Engine, base_name: str) -> FastAPI:
     return app
 
 
+def _small(value: Any) -> bool:
+    """Whether a 422's ``detail`` may echo this input: scalars and short texts, never a whole body."""
+    return value is None or isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) <= 200)
+
+
+def _row_seed(seed: int | None, row: int) -> int | None:
+    """Row ``row``'s seed: ``seed + row`` as the unsigned 64-bit integer torch takes (torch wraps negative
+    seeds the same way, so every seed the schema accepts works and small seeds are unchanged)."""
+    return None if seed is None else (seed + row) % 2**64
+
+
+def _finite(value: float) -> float | None:
+    """A score JSON can carry: a model that outputs NaN or infinity gives ``null`` rather than a 500."""
+    return value if math.isfinite(value) else None
+
+
 def _same_kind(inputs: list[str | list[str]]) -> bool:
     return len({isinstance(x, str) for x in inputs}) == 1
 
 
-def _encode(tokenizer, prompt: str | list[int]) -> list[int]:
+def _encode(tokenizer, prompt: str | list[int], vocab: int | None = None) -> list[int]:
+    """Token ids for ``prompt``; given ids must be below ``vocab``, the model's input rows (which may be
+    more than the tokenizer's ids, never fewer: the engine refuses such a pair at start-up)."""
     if isinstance(prompt, list):
-        vocab = len(tokenizer)
+        vocab = len(tokenizer) if vocab is None else vocab
         bad = [t for t in prompt if not 0 <= t < vocab]
         if bad:
-            raise ApiError(400, f"prompt token ids {bad[:5]} are outside the vocabulary (0..{vocab - 1})",
+            raise ApiError(400, f"prompt token ids {bad[:5]} are outside the model's vocabulary (0..{vocab - 1})",
                            param="prompt")
         ids = prompt
     else:
@@ -237,11 +432,28 @@ def _check_lengths(prompts: list[list[int]], max_tokens: int, context: int | Non
                        param="max_tokens", code="context_length_exceeded")
 
 
+async def _cancel_on_disconnect(request: Request, rows: list[GenerationRow]) -> None:
+    """Mark ``rows`` cancelled once the client disconnects (the body is read already, so the next ASGI
+    message is the disconnect): the engine then drops them instead of generating for nobody."""
+    while True:
+        try:
+            message = await request.receive()
+        except Exception:  # nothing more to learn from this connection; the request runs to its end
+            return
+        if message["type"] == "http.disconnect":
+            for row in rows:
+                row.cancelled = True
+            return
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            await asyncio.sleep(0.05)  # a server that repeats the (empty) body: do not spin
+
+
 async def _collect(rows: list[GenerationRow], events: asyncio.Queue, reply: dict[str, Any],
-                   usage: dict[str, int]) -> dict[str, Any]:
+                   usage: dict[str, int], request: Request | None = None) -> dict[str, Any]:
     texts = {r.index: [] for r in rows}
     finish: dict[int, str] = {}
     completion_tokens = 0
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, rows)) if request is not None else None
     try:
         while len(finish) < len(rows):
             kind, data = await events.get()
@@ -253,6 +465,8 @@ async def _collect(rows: list[GenerationRow], events: asyncio.Queue, reply: dict
             else:
                 raise api_error(data["error"])
     finally:
+        if watcher is not None:
+            watcher.cancel()
         for row in rows:  # a cancelled or failed request frees its batch slots
             row.cancelled = True
     choices = [{"text": "".join(texts[i]), "index": i, "logprobs": None, "finish_reason": finish[i]}
@@ -305,10 +519,10 @@ def _classification(model: str, logits: torch.Tensor, labels: list[str] | None, 
     data = []
     for i, row in enumerate(logits):
         if width == 1:  # a regression head (STS-B): the score is the value
-            data.append({"index": i, "label": None, "score": float(row[0]), "scores": None})
+            data.append({"index": i, "label": None, "score": _finite(float(row[0])), "scores": None})
             continue
         probs = row.softmax(-1)
         best = int(probs.argmax())
-        data.append({"index": i, "label": labels[best], "score": float(probs[best]),
-                     "scores": {label: float(p) for label, p in zip(labels, probs, strict=True)}})
+        data.append({"index": i, "label": labels[best], "score": _finite(float(probs[best])),
+                     "scores": {label: _finite(float(p)) for label, p in zip(labels, probs, strict=True)}})
     return {"object": "list", "model": model, "data": data}

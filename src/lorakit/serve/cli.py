@@ -7,7 +7,11 @@ Wire it in with ``add_serve_parser(subparsers)``; the handler is ``args.func``. 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import os
 import sys
+
+MIB = 1024 * 1024
 
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
@@ -25,10 +29,21 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--task", choices=("auto", "causal-lm", "sequence-classification"), default="auto",
                    help="generation or classification base (auto: classification for encoder-only short names)")
     p.add_argument("--num-labels", type=int, help="classification base: outputs of the head (default: the model's)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only; set --api-key before "
+                        "listening on other addresses)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--api-key", default=os.environ.get("LORAKIT_API_KEY") or None, metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' (the openai client's api_key) on /v1/completions, "
+                        "/v1/classify and /v1/models, and on adapter loading when there is no --admin-token "
+                        "(default: $LORAKIT_API_KEY; prefer the variable: arguments show in process lists)")
+    p.add_argument("--admin-token", default=os.environ.get("LORAKIT_ADMIN_TOKEN") or None, metavar="TOKEN",
+                   help="require 'Authorization: Bearer TOKEN' on /v1/adapters/load and /unload "
+                        "(default: $LORAKIT_ADMIN_TOKEN)")
+    p.add_argument("--max-body-bytes", type=int, default=MIB, metavar="N",
+                   help=f"larger request bodies get 413, unread (default: {MIB}, 1 MiB)")
     p.set_defaults(func=run_serve)
     return p
 
@@ -50,9 +65,12 @@ def run_serve(args: argparse.Namespace) -> int:
     from .app import create_app
     from .server import build_engine
 
-    for flag in ("max_loaded", "max_batch", "max_queue"):
+    for flag in ("max_loaded", "max_batch", "max_queue", "max_body_bytes"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be at least 1")
+    if not args.api_key and not _loopback(args.host):
+        print(f"warning: listening on {args.host} with no --api-key: anyone who can reach this port can use the "
+              "models" + ("" if args.admin_token else " and load or unload adapters"), file=sys.stderr)
     task = _task(args)
     extra = {"num_labels": args.num_labels} if args.num_labels else {}
     model, tokenizer = load_model(args.model, task, padding_side="left" if task == "causal-lm" else "right",
@@ -65,11 +83,23 @@ def run_serve(args: argparse.Namespace) -> int:
           f"({len(engine.registry.names())} found) on http://{args.host}:{args.port}", file=sys.stderr)
     engine.start()
     try:
-        uvicorn.run(create_app(engine, args.model), host=args.host, port=args.port, log_level="info",
+        app = create_app(engine, args.model, api_key=args.api_key, admin_token=args.admin_token,
+                         max_body_bytes=args.max_body_bytes)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info",
                     timeout_graceful_shutdown=30)  # then open requests are cut rather than waited on for ever
     finally:
         engine.stop()
     return 0
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,16 +6,24 @@ events. Generation is continuously batched: after every decoding step finished r
 requests are prefilled and join the running batch, each row routed to its own adapter (``RowRouting``).
 An adapter that is not in memory is read on a loader thread while the batch keeps running; its requests
 join once it is attached.
+
+Whatever raises where, every request gets exactly one answer and gives its adapter back. A failure that
+belongs to one row ends that row only: scores that are not finite, a prompt whose prefill fails (the rows
+started with it are retried in smaller groups, so only the one at fault fails), a client that went away.
+A forward pass that fails for the whole running batch fails that batch's rows. The engine thread itself
+never stops on an error: it logs it (logger ``lorakit.serve``) and goes on.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import logging
 import os
 import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,16 +31,29 @@ import torch
 from torch import nn
 
 from ..decode.api import eos_ids
-from ..decode.cache import drop_front, growable, select_rows, stack
+from ..decode.cache import drop_front, growable, new_cache, select_rows, stack
 from ..decode.runner import CausalLM, left_pad
 from .metrics import Metrics
 from .pool import AdapterPool, PoolFull
 from .registry import AdapterRefused, AdapterRegistry, ReadAdapter
-from .sampling import StopText, choose
+from .sampling import StopText, choose, is_sampled
+
+log = logging.getLogger("lorakit.serve")
+
+SEED_SPAN = 2 ** 64  # torch generators take 64-bit seeds; larger (or negative) ones are taken modulo this
 
 
 class QueueFull(RuntimeError):
     """The bounded request queue is full (HTTP 503): the client should retry later."""
+
+
+class RequestRejected(ValueError):
+    """A request the engine can never run as sent, whatever the load: HTTP ``status`` (400, or 413 when it
+    needs more room than the queue has), ``param`` naming the field at fault."""
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.param, self.status = param, status
 
 
 Emit = Callable[[str, dict[str, Any]], None]
@@ -54,7 +75,9 @@ class GenerationRow:
     tokens: list[int] = field(default_factory=list)
     generator: torch.Generator | None = None
     stop_text: StopText | None = None
-    cancelled: bool = False
+    cancelled: bool = False  # set by the client's side (it went away): the engine drops the row
+    answered: bool = field(default=False, repr=False)  # "done" or "error" was emitted; nothing comes after
+    holds_adapter: bool = field(default=False, repr=False)  # counted in its adapter's refs until answered
 
 
 @dataclass
@@ -63,6 +86,7 @@ class ClassifyJob:
     encodings: list[list[int]]
     token_type_ids: list[list[int]] | None
     future: Future
+    holds_adapter: bool = field(default=False, repr=False)
 
 
 class _Live:
@@ -113,12 +137,19 @@ class Engine:
         self.classifier = "ForSequenceClassification" in type(model).__name__
         self.pool = AdapterPool(model, max_loaded, resize_heads=self.classifier)
         self.lm = None if self.classifier else CausalLM(model)
+        self.input_vocab = input_rows(model)
+        if self.input_vocab is not None and len(tokenizer) > self.input_vocab:
+            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's input embedding has only "
+                             f"{self.input_vocab} rows: ids {self.input_vocab}..{len(tokenizer) - 1} would crash "
+                             "the model; serve the model with the tokenizer it was trained with")
+        # several prefills can join one running batch only when the cache grows in place
+        self._stackable = self.lm is not None and growable(new_cache(model, 1))
         self.eos = set(eos_ids(model, tokenizer))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (min(self.eos) if self.eos
                                                                                           else 0)
         self._cond = threading.Condition()
         self._waiting: deque[GenerationRow | ClassifyJob] = deque()
-        self._commands: deque[Callable[[], None]] = deque()
+        self._commands: deque[Callable[[], None]] = deque()  # each one guarded (see ``_command``)
         self._reading: set[str] = set()
         self._ready: dict[str, ReadAdapter] = {}
         self._failed: dict[str, BaseException] = {}
@@ -158,6 +189,10 @@ class Engine:
 
     # --- submitting work (any thread)
     def _put(self, items: list[GenerationRow | ClassifyJob]) -> None:
+        if len(items) > self.max_queue:  # could never fit: retrying later cannot help
+            raise RequestRejected(f"the request needs {len(items)} queue rows (prompts x n) but the queue holds at "
+                                  f"most {self.max_queue} (the server's --max-queue); send fewer prompts or a "
+                                  "smaller n", status=413)
         with self._cond:
             if self._stop:
                 raise RuntimeError("the engine is stopped")
@@ -171,18 +206,40 @@ class Engine:
         if self.classifier:
             raise ValueError("the served base model is a classifier: use /v1/classify")
         for row in rows:
-            if row.temperature > 0:
+            self._check_prompt(row.prompt)
+        for row in rows:
+            if is_sampled(row.temperature):  # below the floor: greedy (see ``sampling.GREEDY_BELOW``)
                 row.generator = torch.Generator(device=self.lm.device)
-                row.generator.manual_seed(row.seed if row.seed is not None
+                row.generator.manual_seed(row.seed % SEED_SPAN if row.seed is not None
                                           else int.from_bytes(os.urandom(8), "little") >> 1)
             row.stop_text = StopText(row.stops)
         self._put(list(rows))
+
+    def _check_prompt(self, prompt: list[int]) -> None:
+        """Token ids the model can take: a bad one would fail the prefill of every row started with it."""
+        if not prompt:
+            raise RequestRejected("prompt is empty: at least one token is needed", param="prompt")
+        limit = self.input_vocab
+        bad = [t for t in prompt if not isinstance(t, int) or t < 0 or (limit is not None and t >= limit)]
+        if bad:
+            allowed = "ids are never negative" if limit is None else f"0..{limit - 1}"
+            raise RequestRejected(f"prompt token ids {bad[:5]} are outside the model's vocabulary ({allowed})",
+                                  param="prompt")
 
     def classify(self, adapter: str | None, encodings: list[list[int]],
                  token_type_ids: list[list[int]] | None = None) -> Future:
         """Queue inputs for a classification adapter; the future gives (probabilities rows x labels, labels)."""
         if not self.classifier:
             raise ValueError("the served base model generates text: use /v1/completions")
+        if not encodings:
+            raise RequestRejected("input is empty: nothing to classify", param="input")
+        for i, ids in enumerate(encodings):  # checked here: in a batch, a bad input would fail others' pass too
+            if not ids:
+                raise RequestRejected(f"input[{i}] has no tokens once tokenized; it cannot be classified",
+                                      param="input")
+            if self.input_vocab is not None and not all(0 <= t < self.input_vocab for t in ids):
+                raise RequestRejected(f"input[{i}] has token ids outside the model's vocabulary "
+                                      f"(0..{self.input_vocab - 1})", param="input")
         job = ClassifyJob(adapter, encodings, token_type_ids, Future())
         self._put([job])
         return job.future
@@ -195,8 +252,8 @@ class Engine:
             if name in self.pool:
                 self.pool.slots[name].unload_requested = False
                 for pending in self._unload_futures.pop(name, []):  # the load cancels them: it stays
-                    pending.set_result(False)
-                future.set_result(self.pool.slots[name].labels)
+                    _settle(pending, False)
+                _settle(future, self.pool.slots[name].labels)
                 return
             self._request_read(name, future)
 
@@ -209,7 +266,7 @@ class Engine:
 
         def command() -> None:
             if name not in self.pool:
-                future.set_result(False)
+                _settle(future, False)
                 return
             self.pool.slots[name].unload_requested = True
             self._unload_futures.setdefault(name, []).append(future)
@@ -221,11 +278,22 @@ class Engine:
         """Run ``command`` on the engine thread; once the engine is stopped, ``future`` fails instead."""
         with self._cond:
             if not self._stop:
-                self._commands.append(command)
+                self._commands.append(functools.partial(self._guarded, command, future))
                 self._cond.notify_all()
                 return
         if future is not None:
-            future.set_exception(RuntimeError("the server is shutting down"))
+            _settle(future, error=RuntimeError("the server is shutting down"))
+
+    @staticmethod
+    def _guarded(action: Callable[[], None], future: Future | None = None) -> None:
+        """Run ``action`` on the engine thread; an error is logged (and given to ``future``), never raised:
+        the thread that runs every request must not die of one."""
+        try:
+            action()
+        except Exception as err:
+            log.exception("engine: %s failed", getattr(action, "__qualname__", action))
+            if future is not None:
+                _settle(future, error=err)
 
     # --- the engine thread
     def _run(self) -> None:
@@ -240,15 +308,17 @@ class Engine:
                 self._commands.clear()
             for command in commands:
                 command()
-            self._finish_unloads()  # before attaching, which may evict an adapter whose unload is pending
-            self._attach_ready()
+            self._guarded(self._finish_unloads)  # before attaching, which may evict an adapter whose unload waits
+            self._guarded(self._attach_ready)
             try:
                 with torch.inference_mode():
                     if self.classifier:
                         self._classify_step()
                     else:
                         self._generation_step()
-            except Exception as err:  # never let one bad batch kill the server: fail its rows, keep going
+            except Exception as err:  # a forward pass of the whole batch failed: its rows fail, the server goes on
+                log.exception("engine: a batch step failed; its %d running rows get the error",
+                              len(self._live.rows) if self._live is not None else 0)
                 self._fail_live(err)
         stopping = RuntimeError("the server is shutting down")
         self._fail_live(stopping)
@@ -262,8 +332,7 @@ class Engine:
             self._fail_item(item, stopping)
         for futures in [*self._load_futures.values(), *self._unload_futures.values()]:
             for future in futures:
-                if not future.done():
-                    future.set_exception(stopping)
+                _settle(future, error=stopping)
 
     def _admissible(self) -> bool:
         """Whether a waiting item could start now (its adapter is attached or being read)."""
@@ -293,14 +362,17 @@ class Engine:
                     self._ready[name] = result
             self._command(command)
 
-        self.registry.read_async(name, done)
+        try:
+            self.registry.read_async(name, done)
+        except Exception as err:  # the read never started: its requests fail now instead of waiting for ever
+            log.exception("engine: reading adapter %r could not start", name)
+            self._reading.discard(name)
+            self._failed[name] = err
+            self._resolve_load(name, error=err)
 
     def _resolve_load(self, name: str, labels: Any = None, error: BaseException | None = None) -> None:
         for future in self._load_futures.pop(name, []):
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(labels)
+            _settle(future, labels, error)
 
     def _attach_ready(self) -> None:
         for name, adapter in list(self._ready.items()):
@@ -326,7 +398,7 @@ class Engine:
                 self.metrics.adapter_unloaded()
         for name in [n for n in self._unload_futures if n not in self.pool]:  # unloaded (or evicted meanwhile)
             for future in self._unload_futures.pop(name):
-                future.set_result(True)
+                _settle(future, True)
 
     def _take(self, limit: int, kind: type) -> list[Any]:
         """Waiting items of ``kind`` whose adapter is attached, first come first served, at most ``limit``;
@@ -349,6 +421,7 @@ class Engine:
                 keep.append(item)
                 continue
             self.pool.use(name)
+            item.holds_adapter = name is not None
             taken.append(item)
         with self._cond:
             gone = {id(i) for i in waiting if not any(i is k for k in keep)}
@@ -358,19 +431,42 @@ class Engine:
             del self._failed[name]
         return taken
 
+    def _release(self, item: GenerationRow | ClassifyJob) -> None:
+        """Give back the item's use of its adapter (once, however often this is called)."""
+        if item.holds_adapter:
+            item.holds_adapter = False
+            self.pool.release(item.adapter)
+
+    def _emit(self, row: GenerationRow, kind: str, data: dict[str, Any]) -> None:
+        """Hand an event to the row's request; a client side that cannot take it any more (its event loop
+        is closed) cancels the row rather than failing the batch."""
+        try:
+            row.emit(kind, data)
+        except Exception as err:
+            row.cancelled = True
+            log.warning("engine: a %r event for row %d could not be delivered (%s: %s); dropping the row",
+                        kind, row.index, type(err).__name__, err)
+
     def _fail_item(self, item: GenerationRow | ClassifyJob, error: BaseException) -> None:
+        """Answer ``item`` with ``error`` (unless it was answered already) and give back its adapter."""
+        self._release(item)
         if isinstance(item, ClassifyJob):
-            if not item.future.done():
-                item.future.set_exception(error)
-        else:
-            item.emit("error", {"index": item.index, "error": error})
+            _settle(item.future, error=error)
+        elif not item.answered:
+            item.answered = True
+            self._emit(item, "error", {"index": item.index, "error": error})
+
+    def _finish_row(self, row: GenerationRow, reason: str) -> None:
+        self._release(row)
+        if not row.answered:
+            row.answered = True
+            self._emit(row, "done", {"index": row.index, "finish_reason": reason, "tokens": len(row.tokens)})
 
     def _fail_live(self, error: BaseException) -> None:
-        if self._live is not None:
-            for row in self._live.rows:
-                self.pool.release(row.adapter)
+        live, self._live = self._live, None
+        if live is not None:
+            for row in live.rows:
                 self._fail_item(row, error)
-            self._live = None
 
     # --- generation
     def _generation_step(self) -> None:
@@ -380,30 +476,41 @@ class Engine:
             new = []
             for row in self._take(free, GenerationRow):
                 if row.cancelled:  # the client went away while it waited
-                    self.pool.release(row.adapter)
+                    self._finish_row(row, "cancelled")
                 else:
                     new.append(row)
-            if new:
-                self.pool.routing.set_rows([self.pool.slot_of(r.adapter) for r in new])
-                batch = _Live(self.lm, new, self.pad_id)
-                self.metrics.prefill(sum(len(r.prompt) for r in new))
-                if live is None:
-                    live = self._live = batch
-                else:
-                    live.stack(batch)
+            try:
+                for batch in self._prefill(new):
+                    self._join(batch)
+            except Exception as err:  # unforeseen: no row taken from the queue may be left without an answer
+                for row in new:
+                    self._fail_item(row, err)  # (once: rows that already got an answer are skipped)
+                raise
+            live = self._live
         if live is None or not live.rows:
             self._live = None
             return
-        tokens = choose(live.logits, [r.temperature for r in live.rows], [r.top_p for r in live.rows],
-                        [r.generator for r in live.rows])
+        tokens, broken = choose(live.logits, [r.temperature for r in live.rows], [r.top_p for r in live.rows],
+                                [r.generator for r in live.rows])
+        unusable = set(broken)
         keep: list[int] = []
         for j, (row, token) in enumerate(zip(live.rows, tokens.tolist(), strict=True)):
-            finish = self._advance(row, token)
+            if j in unusable and not row.cancelled:
+                self._fail_item(row, RuntimeError(
+                    f"the model's next-token scores for this request are not finite (NaN or infinite) after "
+                    f"{len(row.tokens)} generated tokens"
+                    + (f"; adapter {row.adapter!r} may hold weights that overflow" if row.adapter else "")))
+                continue
+            try:
+                finish = self._advance(row, token)
+            except Exception as err:  # this row's own bookkeeping (decoding, stop strings): only it fails
+                log.exception("engine: generation row %d (adapter %r) failed", row.index, row.adapter)
+                self._fail_item(row, err)
+                continue
             if finish is None:
                 keep.append(j)
                 continue
-            self.pool.release(row.adapter)
-            row.emit("done", {"index": row.index, "finish_reason": finish, "tokens": len(row.tokens)})
+            self._finish_row(row, finish)
         self.metrics.generated(len(live.rows))
         if len(keep) < len(live.rows):
             live.keep(keep)
@@ -416,6 +523,43 @@ class Engine:
         self.pool.routing.set_rows([self.pool.slot_of(r.adapter) for r in live.rows])
         live.logits = self.lm.step(tokens, live.cache, live.mask, live.positions)
 
+    def _prefill(self, rows: list[GenerationRow]) -> list[_Live]:
+        """Start ``rows`` (one batch when that works). If the prefill raises, smaller groups are tried, so the
+        error reaches only the rows it belongs to (a row that fails alone); they get it, and their adapter back."""
+        if not rows:
+            return []
+        try:
+            self.pool.routing.set_rows([self.pool.slot_of(r.adapter) for r in rows])
+            batch = _Live(self.lm, rows, self.pad_id)
+        except Exception as err:
+            error = err
+        else:
+            self.metrics.prefill(sum(len(r.prompt) for r in rows))
+            return [batch]
+        if len(rows) > 1 and self._stackable:  # (outside the except block: no chained tracebacks in the log)
+            log.warning("engine: prefill of %d rows failed (%s: %s); trying smaller groups", len(rows),
+                        type(error).__name__, error)
+            half = len(rows) // 2
+            return self._prefill(rows[:half]) + self._prefill(rows[half:])
+        log.error("engine: prefill failed for %d row(s) (adapters %s); their requests get the error",
+                  len(rows), sorted({str(r.adapter) for r in rows}), exc_info=error)
+        for row in rows:
+            self._fail_item(row, error)
+        return []
+
+    def _join(self, batch: _Live) -> None:
+        """Make ``batch`` (just prefilled) part of the running one."""
+        if self._live is None:
+            self._live = batch
+            return
+        try:
+            self._live.stack(batch)
+        except Exception as err:  # the running cache may be half extended: neither batch can go on
+            log.exception("engine: adding %d rows to the running batch failed", len(batch.rows))
+            for row in batch.rows:
+                self._fail_item(row, err)
+            self._fail_live(err)
+
     def _advance(self, row: GenerationRow, token: int) -> str | None:
         """Take ``token`` into ``row``; the finish reason when the row is done."""
         if row.cancelled:
@@ -427,7 +571,7 @@ class Engine:
         text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
         piece, stopped = row.stop_text.update(text)
         if piece:
-            row.emit("text", {"index": row.index, "text": piece})
+            self._emit(row, "text", {"index": row.index, "text": piece})
         if stopped:
             return "stop"
         if len(row.tokens) >= row.max_tokens:
@@ -439,22 +583,59 @@ class Engine:
         text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
         piece = row.stop_text.finish(text)
         if piece:
-            row.emit("text", {"index": row.index, "text": piece})
+            self._emit(row, "text", {"index": row.index, "text": piece})
 
     # --- classification
     def _classify_step(self) -> None:
         jobs = self._take(self.max_batch, ClassifyJob)
         if not jobs:
             return
-        rows = [(job, i) for job in jobs for i in range(len(job.encodings))]
         try:
-            for start in range(0, len(rows), self.max_batch * 4):
-                self._classify_rows(rows[start:start + self.max_batch * 4])
+            out: dict[int, list[torch.Tensor]] = {id(job): [] for job in jobs}
+            rows = [(job, i) for job in jobs for i in range(len(job.encodings))]
+            size = self.max_batch * 4
+            for start in range(0, len(rows), size):  # a job may span several forward passes
+                self._classify_chunk([r for r in rows[start:start + size] if not r[0].future.done()], out)
+            for job in jobs:
+                if not job.future.done():
+                    try:
+                        labels = self.pool.slots[job.adapter].labels if job.adapter is not None else None
+                        _settle(job.future, (torch.stack(out[id(job)]).cpu(), labels))
+                    except Exception as err:  # this job's own result: only it fails
+                        log.exception("engine: classification result of one job failed")
+                        self._fail_item(job, err)
+        except Exception as err:
+            log.exception("engine: a classification step failed; its %d jobs get the error", len(jobs))
+            for job in jobs:
+                self._fail_item(job, err)
         finally:
             for job in jobs:
-                self.pool.release(job.adapter)
+                self._release(job)
 
-    def _classify_rows(self, rows: list[tuple[ClassifyJob, int]]) -> None:
+    def _classify_chunk(self, rows: list[tuple[ClassifyJob, int]], out: dict[int, list[torch.Tensor]]) -> None:
+        """Classify ``rows``, adding each row's scores to ``out``; when the forward pass raises, each job is
+        retried alone so that only the job at fault gets the error."""
+        if not rows:
+            return
+        try:
+            scores = self._classify_rows(rows)
+        except Exception as err:
+            error = err
+        else:
+            for (job, _), value in zip(rows, scores, strict=True):
+                out[id(job)].append(value)
+            return
+        jobs = list({id(job): job for job, _ in rows}.values())
+        if len(jobs) > 1:
+            log.warning("engine: classification of %d jobs failed (%s: %s); trying each alone", len(jobs),
+                        type(error).__name__, error)
+            for job in jobs:
+                self._classify_chunk([r for r in rows if r[0] is job], out)
+            return
+        log.error("engine: classification job failed (adapter %r)", jobs[0].adapter, exc_info=error)
+        self._fail_item(jobs[0], error)
+
+    def _classify_rows(self, rows: list[tuple[ClassifyJob, int]]) -> list[torch.Tensor]:
         width = max(len(job.encodings[i]) for job, i in rows)
         device = next(self.model.parameters()).device
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
@@ -471,12 +652,35 @@ class Engine:
         kwargs = {"token_type_ids": types.to(device)} if has_types else {}
         logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs).logits.float()
         self.metrics.prefill(int(mask.sum()))
-        out: dict[int, list[torch.Tensor]] = {}
         base_width = getattr(self.model.config, "num_labels", logits.shape[-1])
+        out = []
         for k, (job, _) in enumerate(rows):  # heads of other widths come back NaN-padded to the widest
             width = (self.pool.slots[job.adapter].width if job.adapter is not None else None) or base_width
-            out.setdefault(id(job), []).append(logits[k, :width])
-        for job in {id(j): j for j, _ in rows}.values():
-            labels = self.pool.slots[job.adapter].labels if job.adapter is not None else None
-            if not job.future.done():
-                job.future.set_result((torch.stack(out[id(job)]).cpu(), labels))
+            out.append(logits[k, :width])
+        return out
+
+
+def input_rows(model: nn.Module) -> int | None:
+    """How many token ids the model takes (its input embedding's rows; may exceed the tokenizer's)."""
+    try:
+        embedding = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        embedding = None
+    for module in (embedding, getattr(embedding, "base_layer", None)):
+        weight = getattr(module, "weight", None)
+        if isinstance(module, nn.Embedding) or (isinstance(weight, torch.Tensor) and weight.dim() == 2):
+            return int(module.num_embeddings if isinstance(module, nn.Embedding) else weight.shape[0])
+    size = getattr(getattr(model, "config", None), "vocab_size", None)
+    return size if isinstance(size, int) and size > 0 else None
+
+
+def _settle(future: Future, result: Any = None, error: BaseException | None = None) -> None:
+    """Give ``future`` its result or error unless it has one: a client that went away cancels the future it
+    awaited (``asyncio.wrap_future``), and setting a cancelled one would raise on the engine thread."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass

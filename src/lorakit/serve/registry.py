@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import threading
+import unicodedata
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,10 +19,13 @@ from typing import Any
 
 import torch
 
-from ..adapters.io import CONFIG_NAME, read_adapter
+from ..adapters.io import CONFIG_NAME, LEGACY_WEIGHTS_NAME, WEIGHTS_NAME, read_adapter
 from ..lora.config import LoraConfig
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # always fullmatch: "$" would accept "name\n"
+MAX_PATH_CHARS = 1024
+LABELS_NAME = "labels.json"
+ADAPTER_FILES = (CONFIG_NAME, WEIGHTS_NAME, LEGACY_WEIGHTS_NAME, LABELS_NAME)  # every file a read opens
 
 
 class AdapterNotFound(KeyError):
@@ -34,6 +38,14 @@ class AdapterNotFound(KeyError):
 class AdapterRefused(ValueError):
     """The name, path or files of an adapter cannot be served (HTTP 400); the message says why."""
 
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param  # the request field at fault when it is not the one naming the adapter ("path")
+
+
+class AdapterConflict(ValueError):
+    """The name already means another adapter (HTTP 409): a name keeps its folder for the server's life."""
+
 
 @dataclass
 class ReadAdapter:
@@ -45,6 +57,7 @@ class ReadAdapter:
     tensors: dict[str, torch.Tensor]
     meta: dict[str, Any] | None
     labels: list[str] | None = None
+    plan: Any = None  # laid out for the served model on the loader thread (``AdapterPool.plan``), when it was
 
 
 @dataclass
@@ -54,12 +67,32 @@ class _Entry:
     waiters: list[Callable[[ReadAdapter | BaseException], None]] = field(default_factory=list)
 
 
+def _shown(value: object, limit: int = 80) -> str:
+    """``repr`` cut to ``limit`` characters: error messages echo client input, never all of it."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "...'"
+
+
+def is_name(name: object) -> bool:
+    return isinstance(name, str) and NAME_RE.fullmatch(name) is not None and ".." not in name
+
+
 def check_name(name: str) -> str:
     """An adapter name is one path component of letters, digits, ``_ . -``; nothing that could climb out."""
-    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
-        raise AdapterRefused(f"adapter name {name!r} is not allowed: use 1-128 letters, digits, '_', '.', '-' "
-                             "(starting with a letter or digit, no '..')")
+    if not is_name(name):
+        raise AdapterRefused(f"adapter name {_shown(name)} is not allowed: use 1-128 letters, digits, '_', '.', "
+                             "'-' (starting with a letter or digit, no '..')")
     return name
+
+
+def check_path_text(path: str) -> str:
+    """A client's ``path``: printable text of a sane length (no NUL, newline or other control character,
+    which the file system would reject with an error of its own, or log oddly)."""
+    if not isinstance(path, str) or not path or len(path) > MAX_PATH_CHARS:
+        raise AdapterRefused(f"adapter path must be 1-{MAX_PATH_CHARS} characters")
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in path):
+        raise AdapterRefused(f"adapter path {_shown(path)} holds a control character or invalid unicode; refused")
+    return path
 
 
 class AdapterRegistry:
@@ -67,7 +100,9 @@ class AdapterRegistry:
 
     ``root/<name>/adapter_config.json`` makes ``<name>`` available; ``register`` adds a name for another
     folder under ``root``. ``read_async`` reads and checks an adapter on a loader thread and calls back the
-    waiters (once per read, however many requests asked for it meanwhile).
+    waiters (once per read, however many requests asked for it meanwhile). ``check`` runs on that thread
+    too, after the read: the server plans the adapter against its model there, so that nothing depending on
+    a file's contents (target regexes included) runs on the engine thread.
     """
 
     def __init__(self, root: str | Path, check: Callable[[ReadAdapter], None] | None = None,
@@ -84,13 +119,35 @@ class AdapterRegistry:
     # --- names and folders
     def inside(self, path: str | Path) -> Path:
         """``path`` (relative to the adapter folder) resolved, symlinks included; refused if it leaves it."""
+        check_path_text(str(path))
         candidate = Path(path)
         if candidate.is_absolute():
-            raise AdapterRefused(f"adapter path {str(path)!r} must be relative to the adapter folder")
-        resolved = (self.root / candidate).resolve()
-        if resolved != self.root and self.root not in resolved.parents:
-            raise AdapterRefused(f"adapter path {str(path)!r} leaves the adapter folder; refused")
+            raise AdapterRefused(f"adapter path {_shown(str(path))} must be relative to the adapter folder")
+        try:
+            resolved = (self.root / candidate).resolve()
+        except (OSError, ValueError) as err:  # a symlink loop, a name too long for the file system
+            raise AdapterRefused(f"adapter path {_shown(str(path))} cannot be resolved: {err}") from err
+        if not self._contains(resolved):
+            raise AdapterRefused(f"adapter path {_shown(str(path))} leaves the adapter folder; refused")
         return resolved
+
+    def _contains(self, resolved: Path) -> bool:
+        return resolved == self.root or self.root in resolved.parents
+
+    def _check_files(self, name: str, folder: Path) -> None:
+        """Refuse files inside an adapter's folder that are symlinks leading out of the adapter folder: the
+        folder being inside is not enough, every file a read opens must be too."""
+        for file in ADAPTER_FILES:
+            path = folder / file
+            try:
+                if not path.is_symlink():
+                    continue
+                resolved = path.resolve()
+            except (OSError, ValueError) as err:
+                raise AdapterRefused(f"adapter {name!r}: {file} cannot be resolved: {err}") from err
+            if not self._contains(resolved):
+                raise AdapterRefused(f"adapter {name!r}: {file} is a symlink that leaves the adapter folder; "
+                                     "refused")
 
     def names(self) -> list[str]:
         """Every adapter that can be requested: sub-folders holding an adapter config, and registered ones."""
@@ -98,7 +155,7 @@ class AdapterRegistry:
         for path in self.root.glob(f"*/{CONFIG_NAME}"):
             name = path.parent.name
             try:
-                if NAME_RE.match(name) and ".." not in name and self.inside(name):
+                if is_name(name) and self.inside(name):
                     found.add(name)
             except AdapterRefused:  # a symlink out of the folder: never offered
                 continue
@@ -114,27 +171,54 @@ class AdapterRegistry:
             alias = self._aliases.get(name)
         folder = alias if alias is not None else self.inside(name)
         if not (folder / CONFIG_NAME).is_file():
-            raise AdapterNotFound(f"no adapter named {name!r} in {self.root}")
+            raise AdapterNotFound(f"no adapter named {name!r} in the adapter folder")
         return folder
 
-    def register(self, name: str, path: str) -> Path:
-        """Make ``name`` refer to the adapter in ``path`` (relative to the adapter folder)."""
+    def register(self, name: str, path: str) -> bool:
+        """Make ``name`` refer to the adapter in ``path`` (relative to the adapter folder); whether the name
+        is new (the caller then ``forget``s it if loading fails, so a failed load leaves no name behind).
+
+        A name means one folder for the server's life: a name that is already a sub-folder's or already
+        registered for another folder raises ``AdapterConflict``; the same folder again is fine. Otherwise
+        any client could make a name everyone uses serve other weights."""
         check_name(name)
-        folder = self.inside(path)
+        try:
+            folder = self.inside(path)
+        except AdapterRefused as err:
+            err.param = "path"
+            raise
         if not (folder / CONFIG_NAME).is_file():
-            raise AdapterNotFound(f"no {CONFIG_NAME} in {path!r} under {self.root}")
+            raise AdapterNotFound(f"no {CONFIG_NAME} in {_shown(path)} under the adapter folder")
         with self._lock:
-            self._aliases[name] = folder
-        return folder
+            current = self._aliases.get(name)
+            if current is None:
+                own = self.root / name
+                if own.exists() or own.is_symlink():
+                    current = self.inside(name)
+            if current is not None and current != folder:
+                raise AdapterConflict(f"adapter name {name!r} already names another adapter folder; a name keeps "
+                                      "its folder for the server's life: pick a new name")
+            new = name not in self._aliases and current is None
+            if new:
+                self._aliases[name] = folder
+        return new
+
+    def forget(self, name: str) -> None:
+        """Drop a name ``register`` added (its load failed)."""
+        with self._lock:
+            self._aliases.pop(name, None)
 
     # --- reading
     def read(self, name: str) -> ReadAdapter:
         """Read and check adapter ``name`` now (on the calling thread)."""
         folder = self.folder(name)
+        self._check_files(name, folder)
         try:
             config, tensors, meta = read_adapter(folder)
         except (OSError, ValueError) as err:
             raise AdapterRefused(f"adapter {name!r} cannot be read: {err}") from err
+        except Exception as err:  # anything a hostile file makes the reader raise is the file's fault: a 400
+            raise AdapterRefused(f"adapter {name!r} cannot be read: {type(err).__name__}: {err}") from err
         adapter = ReadAdapter(name, folder, config, tensors, meta, _labels(folder))
         if config.bias != "none":
             raise AdapterRefused(f"adapter {name!r} trains biases (bias={config.bias!r}): those live in the shared "
@@ -171,7 +255,7 @@ def _labels(folder: Path) -> list[str] | None:
     """Label names of a classification adapter: ``labels.json`` (a JSON list) beside its files, if any."""
     import json
 
-    path = folder / "labels.json"
+    path = folder / LABELS_NAME
     if not path.is_file():
         return None
     try:

@@ -24,13 +24,43 @@ def top_p_filter(scores: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     return scores.masked_fill(drop, float("-inf"))
 
 
+GREEDY_BELOW = 1e-4
+"""Temperatures below this (0 included) mean greedy decoding, the limit sampling tends to as the temperature
+falls. Far smaller ones are 0 or subnormal in float32, where dividing the scores by them gives infinities
+and NaN probabilities; at 1e-4 a sample already differs from the argmax only on near-exact ties."""
+
+
+def is_sampled(temperature: float) -> bool:
+    """Whether a row at this temperature samples (else it takes the argmax); NaN counts as greedy."""
+    return temperature >= GREEDY_BELOW
+
+
+def unusable_rows(logits: torch.Tensor) -> list[int]:
+    """Rows whose scores give no token: a NaN or +inf anywhere, or every token at -inf (a masked token's
+    -inf alone is fine). Checked on every step, so only rows whose sum is not finite are looked at closely
+    (a finite sum has no NaN and no infinity; ``isfinite`` over the whole batch is slow on CPU)."""
+    suspects = (~torch.isfinite(logits.sum(dim=-1))).nonzero().flatten().tolist()
+    bad = []
+    for j in suspects:
+        row = logits[j]
+        if bool(row.isnan().any()) or bool(torch.isposinf(row).any()) or bool(torch.isneginf(row).all()):
+            bad.append(j)
+    return bad
+
+
 def choose(logits: torch.Tensor, temperature: Sequence[float], top_p: Sequence[float],
-           generators: Sequence[torch.Generator | None]) -> torch.Tensor:
-    """One token per row: argmax where the temperature is 0, else a sample at that temperature and top-p."""
+           generators: Sequence[torch.Generator | None]) -> tuple[torch.Tensor, list[int]]:
+    """(one token per row: the argmax for greedy rows, else a sample at the row's temperature and top-p;
+    the rows that got no usable token because their scores are not finite, see ``unusable_rows``).
+
+    Each row stands alone: a row with broken scores never changes what the others get, and a sampled row
+    whose scores overflow at its temperature (finite logits, infinite once divided) takes the argmax."""
     tokens = logits.argmax(dim=-1)
-    sampled = [j for j, t in enumerate(temperature) if t > 0]
+    broken = unusable_rows(logits)
+    skip = set(broken)
+    sampled = [j for j, t in enumerate(temperature) if is_sampled(t) and j not in skip]
     if not sampled:
-        return tokens
+        return tokens, broken
     index = torch.tensor(sampled, device=logits.device)
     temps = torch.tensor([temperature[j] for j in sampled], dtype=logits.dtype, device=logits.device)
     scores = logits.index_select(0, index) / temps[:, None]
@@ -38,9 +68,11 @@ def choose(logits: torch.Tensor, temperature: Sequence[float], top_p: Sequence[f
     if bool((ps < 1).any()):
         scores = top_p_filter(scores, ps)
     probs = scores.softmax(dim=-1)
+    usable = (~probs.sum(dim=-1).isnan()).tolist()  # probabilities are in [0, 1] or NaN
     for k, j in enumerate(sampled):
-        tokens[j] = torch.multinomial(probs[k], 1, generator=generators[j])[0]
-    return tokens
+        if usable[k]:
+            tokens[j] = torch.multinomial(probs[k], 1, generator=generators[j])[0]
+    return tokens, broken
 
 
 class StopText:

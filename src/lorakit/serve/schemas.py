@@ -2,30 +2,74 @@
 
 The completion fields follow OpenAI's ``/v1/completions``; fields it defines that this server does not
 implement are accepted only at their neutral value, so a request never silently means something else.
+Every request refuses what would otherwise fail deep inside with a 500: NaN and infinite numbers (JSON
+as Python parses it allows ``NaN`` and ``Infinity``), text that is not valid unicode (a lone surrogate
+such as ``"\ud800"`` cannot be tokenized or encoded), integers the engine cannot hold (seeds beyond 64
+bits), and empty prompts or inputs.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .registry import MAX_PATH_CHARS
+
 MAX_STOPS = 4
+MAX_INPUTS = 2048  # texts per /v1/classify request (OpenAI's limit for embeddings inputs)
 
 
-class CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def _invalid_unicode(value: Any) -> str | None:
+    """The first string in ``value`` (nested lists and dicts included) that is not valid unicode, if any."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value
+        return None
+    if isinstance(value, dict):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            bad = _invalid_unicode(item)
+            if bad is not None:
+                return bad
+    return None
 
+
+class _Request(BaseModel):
+    """What every request body shares: unknown fields, non-finite numbers and invalid unicode are 422s."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _valid_unicode(cls, value: Any) -> Any:
+        bad = _invalid_unicode(value)
+        if bad is not None:
+            shown = bad.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")[:40]
+            raise ValueError(f"invalid unicode (a lone surrogate) in '{shown}': send UTF-8 text")
+        return value
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # OpenAI adds options now and then: unknown ones do nothing
+
+    include_usage: bool = False
+
+
+class CompletionRequest(_Request):
     model: str = Field(min_length=1, description="an adapter name, or the base model's name for no adapter")
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: int | None = Field(16, ge=1, le=2**31 - 1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1, le=16)
     stop: str | list[str] | None = None
     stream: bool = False
-    stream_options: dict | None = None
-    seed: int | None = None
+    stream_options: StreamOptions | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1, description="any 64-bit integer, signed or not")
     user: str | None = None
     # OpenAI fields without an implementation here: only their neutral values are accepted
     echo: bool = False
@@ -35,6 +79,13 @@ class CompletionRequest(BaseModel):
     frequency_penalty: float = 0.0
     logit_bias: dict[str, float] | None = None
     suffix: str | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _some_prompt(cls, value: str | list) -> str | list:
+        if isinstance(value, list) and not value:
+            raise ValueError("prompt is an empty list: send a text, a list of texts or token ids")
+        return value
 
     @field_validator("stop")
     @classmethod
@@ -71,18 +122,33 @@ class CompletionRequest(BaseModel):
 Pair = Annotated[list[str], Field(min_length=2, max_length=2)]
 
 
-class ClassifyRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ClassifyRequest(_Request):
     model: str = Field(min_length=1)
-    input: str | list[str | Pair] = Field(description='a text, or a list of texts and ["text", "text"] pairs')
+    input: str | list[str | Pair] = Field(max_length=MAX_INPUTS,
+                                          description='a text, or a list of texts and ["text", "text"] pairs')
+
+    @field_validator("input")
+    @classmethod
+    def _no_empty_text(cls, value: str | list[str | list[str]]) -> str | list[str | list[str]]:
+        """An empty text gives no tokens with some tokenizers: nothing to classify."""
+        items = [value] if isinstance(value, str) else value
+        for i, item in enumerate(items):
+            if any(not text for text in ([item] if isinstance(item, str) else item)):
+                raise ValueError("input is an empty text" if isinstance(value, str) else f"input[{i}] has an empty "
+                                 "text")
+        return value
 
     def inputs(self) -> list[str | list[str]]:
         return [self.input] if isinstance(self.input, str) else list(self.input)
 
 
-class AdapterRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class AdapterRequest(_Request):
+    name: str = Field(min_length=1)
+    path: str | None = Field(None, min_length=1, max_length=MAX_PATH_CHARS,
+                             description="folder relative to the adapter folder (default: the name)")
+
+
+class UnloadRequest(_Request):
+    """Only a name: a ``path`` would suggest a folder is unloaded, while names are what is loaded."""
 
     name: str = Field(min_length=1)
-    path: str | None = Field(None, description="folder relative to the adapter folder (default: the name)")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .app import create_app
+from .app import DEFAULT_MAX_BODY_BYTES, create_app
 from .engine import Engine
 from .metrics import Metrics
 from .registry import AdapterRegistry
@@ -24,8 +24,12 @@ def build_engine(model: nn.Module, tokenizer, adapters: str | Path, *, max_loade
                  max_queue: int = 256) -> Engine:
     """An engine (not started) serving ``model`` and the adapters in folder ``adapters``."""
     registry = AdapterRegistry(adapters)
-    return Engine(model, tokenizer, registry, max_loaded=max_loaded, max_batch=max_batch, max_queue=max_queue,
-                  metrics=Metrics())
+    engine = Engine(model, tokenizer, registry, max_loaded=max_loaded, max_batch=max_batch, max_queue=max_queue,
+                    metrics=Metrics())
+    # the loader threads plan each adapter against the model right after reading it: whatever depends on
+    # the file (target regexes, tensor checks, the copy to the device) never runs on the engine thread
+    registry.check = engine.pool.plan
+    return engine
 
 
 @dataclass
@@ -43,13 +47,15 @@ class RunningServer:
         self.engine.stop()
 
 
-def serve_in_thread(engine: Engine, base_name: str, host: str = "127.0.0.1", port: int = 0) -> RunningServer:
+def serve_in_thread(engine: Engine, base_name: str, host: str = "127.0.0.1", port: int = 0, *,
+                    api_key: str | None = None, admin_token: str | None = None,
+                    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> RunningServer:
     """Start ``engine`` and a uvicorn server for it on ``host:port`` (0: any free port); returns once it accepts
-    connections."""
+    connections. ``api_key``, ``admin_token``, ``max_body_bytes``: as ``create_app``."""
     import uvicorn
 
+    app = create_app(engine, base_name, api_key=api_key, admin_token=admin_token, max_body_bytes=max_body_bytes)
     engine.start()
-    app = create_app(engine, base_name)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
