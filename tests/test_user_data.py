@@ -302,7 +302,7 @@ def test_generation_prompts_and_references(tmp_path, tok):
 
 
 def test_cache_is_reused_and_invalidated(tmp_path, tok, monkeypatch):
-    import lorakit.data.user as user
+    import lorakit.data.user.encode as user  # token_ids is looked up there
 
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"p{i}\n", "completion": f"c{i}"} for i in range(30)])
     cache = tmp_path / "cache"

@@ -1,5 +1,6 @@
 """Official metrics: E2E (BLEU, NIST, METEOR, ROUGE-L, CIDEr), WebNLG/DART
-(BLEU, METEOR, TER) and GLUE, computed the way the official scorers and the LoRA paper compute them.
+(BLEU, METEOR, TER) and GLUE, computed the way the official scorers and the LoRA paper compute them; and
+BLEU / ROUGE-L / exact match or accuracy / macro F1 / Matthews against a user's own data file.
 
 METEOR and the E2E scorer's tokenizer are Java programs (shipped inside pycocoevalcap); without Java,
 METEOR is reported as None with a :class:`MetricsWarning` and everything else is still computed.
@@ -15,6 +16,8 @@ from typing import Any
 
 _WHERE = {
     "E2E_METRICS": "e2e", "e2e_scores": "e2e", "evaluate_predictions": "evaluate", "write_references": "evaluate",
+    "classification_scores": "evaluate", "evaluate_user_predictions": "evaluate", "text_scores": "evaluate",
+    "read_label_names": "labels",
     "glue_metric": "glue", "glue_scores": "glue",
     "Meteor15": "coco",
     "MetricsFileError": "files", "MetricsWarning": "files", "read_e2e_refs": "files", "read_hypotheses": "files",

@@ -1,4 +1,5 @@
-"""``lorakit metrics e2e|webnlg --refs REFS --hyp HYP [--json]``: score a file of outputs like the official scorers."""
+"""``lorakit metrics e2e|webnlg --refs REFS --hyp HYP [--json]``: score a file of outputs like the official scorers;
+``lorakit evaluate PREDICTIONS --task T | --data FILE``: against a split's or a user's file's own references."""
 
 from __future__ import annotations
 
@@ -50,14 +51,27 @@ def _print_scores(scores: dict[str, Any], as_json: bool) -> None:
 
 def _evaluate(args: argparse.Namespace) -> int:
     try:
-        from .evaluate import evaluate_predictions, write_references
+        from .evaluate import evaluate_predictions, evaluate_user_predictions, write_references
         from .files import MetricsWarning
     except ModuleNotFoundError as err:
         raise RuntimeError(f"{err.name} is not installed: pip install 'lorakit[metrics]'") from None
 
+    user_flags = [flag for flag, value in (("--format", args.format), ("--columns", args.columns),
+                                           ("--labels", args.labels)) if value is not None]
+    if args.task is None and not args.data:
+        raise ValueError("give --data FILE (your own test file: JSONL, JSON, CSV, TSV or Parquet) or --task "
+                         "(a built-in benchmark's split)")
+    if args.task is not None and user_flags:
+        raise ValueError(f"{', '.join(user_flags)} apply to your own --data file, not to --task {args.task}")
+    if args.task is None and args.write_refs:
+        raise ValueError("--write-refs writes a built-in task's references: it needs --task")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MetricsWarning)
-        scores = evaluate_predictions(args.task, args.split, args.predictions, args.data)
+        if args.task is None:
+            scores = evaluate_user_predictions(args.predictions, args.data, format=args.format,
+                                               columns=args.columns, labels=args.labels)
+        else:
+            scores = evaluate_predictions(args.task, args.split, args.predictions, args.data)
     for warning in caught:
         print(f"lorakit evaluate: warning: {warning.message}", file=sys.stderr)
     if args.write_refs:
@@ -68,19 +82,30 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``evaluate``: a predictions file against a dataset split's references."""
+    """Register ``evaluate``: a predictions file against a dataset split's references, or a user's own file."""
     evaluate = subparsers.add_parser(
-        "evaluate", help="score a predictions file against a dataset split's references",
-        description="Score one prediction per line (in the split's order, as `lorakit generate` writes them) "
-                    "with the task's official metrics: E2E BLEU/NIST/METEOR/ROUGE_L/CIDEr, WebNLG BLEU/METEOR/TER "
-                    "by seen/unseen/all category, DART BLEU/METEOR/TER.")
+        "evaluate", help="score a predictions file against your own test file or a dataset split's references",
+        description="Score one prediction per line (in the file's or split's order, as `lorakit generate` and "
+                    "`lorakit predict` write them). With --data FILE (your own file): BLEU (sacrebleu), ROUGE-L "
+                    "and exact match against the completion or the conversation's last assistant turn; accuracy, "
+                    "macro F1 and Matthews against the label (predictions as label names, or class ids with "
+                    "--labels); Pearson/Spearman for float labels; all in percent. With --task: the task's "
+                    "official metrics: E2E BLEU/NIST/METEOR/ROUGE_L/CIDEr, WebNLG BLEU/METEOR/TER by "
+                    "seen/unseen/all category, DART BLEU/METEOR/TER.")
     evaluate.add_argument("predictions", help="one prediction per line")
-    evaluate.add_argument("--task", required=True, choices=["e2e", "webnlg", "dart"])
-    evaluate.add_argument("--split", default="dev", help="(default: dev)")
-    evaluate.add_argument("--data", help="data folder (default: $LORAKIT_DATA)")
+    evaluate.add_argument("--data", help="your own test file (JSONL, JSON, CSV, TSV, Parquet); with --task: the "
+                                         "data folder (default: $LORAKIT_DATA)")
+    evaluate.add_argument("--format", help="force the file's format: text, prompt-completion, messages or "
+                                           "classification (default: detected from the columns)")
+    evaluate.add_argument("--columns", help="map other column names, e.g. prompt=question,completion=answer")
+    evaluate.add_argument("--labels", metavar="PATH",
+                          help="classification: labels.json (or the adapter folder holding it), the label names "
+                               "in class-id order, for predictions written as class ids")
+    evaluate.add_argument("--task", choices=["e2e", "webnlg", "dart"], help="score a built-in benchmark's split")
+    evaluate.add_argument("--split", default="dev", help="with --task (default: dev)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     evaluate.add_argument("--write-refs", metavar="PATH",
-                          help="also write the split's references in the e2e-metrics layout to PATH")
+                          help="with --task: also write the split's references in the e2e-metrics layout to PATH")
     evaluate.set_defaults(func=_evaluate)
     return evaluate
 

@@ -50,19 +50,23 @@ def read_e2e_refs(path: str | os.PathLike[str]) -> list[list[str]]:
     return groups
 
 
-def read_hypotheses(path: str | os.PathLike[str], expected: int | None = None) -> list[str]:
-    """One system output per line; ``expected`` is the number of inputs in the references.
+def read_hypotheses(path: str | os.PathLike[str], expected: int | None = None, *,
+                    references: str | os.PathLike[str] | None = None) -> list[str]:
+    """One system output per line; ``expected`` is the number of inputs in the references (the file
+    ``references``, when given, is named in the errors).
 
     A count mismatch is an error rather than a silent truncation: it almost always means outputs and
     references are shifted against each other, and every score after the shift would be wrong. Empty
     lines are kept (a model may legitimately output nothing) but reported, since they usually are not.
     """
     lines = _lines(path)
+    refs = "the references have" if references is None else f"{references} has"
     if not lines or lines == [""]:
+        of = "" if references is None else f" of {references}"
         raise MetricsFileError(f"{path}: hypotheses file is empty"
-                               + (f" (expected {expected} lines, one per input)" if expected else ""))
+                               + (f" (expected {expected} lines, one per input{of})" if expected else ""))
     if expected is not None and len(lines) != expected:
-        raise MetricsFileError(f"{path}: {len(lines)} hypothesis lines, but the references have {expected} inputs "
+        raise MetricsFileError(f"{path}: {len(lines)} hypothesis lines, but {refs} {expected} inputs "
                                "(one line per input is expected)")
     empty = [number for number, line in enumerate(lines, start=1) if not line]
     if empty:

@@ -1,5 +1,5 @@
-"""``lorakit predict``: classify sentences, a file, or a GLUE split with a task adapter (or a fully
-fine-tuned model), batched, with a progress bar."""
+"""``lorakit predict``: classify sentences, a file, a user's own data file, or a GLUE split with a task adapter
+(or a fully fine-tuned model), batched, with a progress bar."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..data.common import DataFormatError, read_lines
 from ..data.glue import GlueExample
+
+if TYPE_CHECKING:
+    from ..data.user import UserData
 
 
 def read_inputs(path: str) -> list[GlueExample]:
@@ -29,6 +33,10 @@ def read_inputs(path: str) -> list[GlueExample]:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    if args.task is None:
+        return _predict_user(args)
+    if args.columns is not None:
+        raise ValueError("--columns applies to your own --data file, not to --task")
     from ..metrics.glue import glue_scores
     from .predict import load_classifier, predict, write_predictions
 
@@ -59,22 +67,108 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict_user(args: argparse.Namespace) -> int:
+    """Classification with an adapter trained on the user's own data: a file (``--data``), ``--input`` or
+    ``--text``; one label name per line; accuracy, macro F1 and Matthews when the file has labels."""
+    from ..data.user import load_user_data
+    from ..files import atomic_write
+    from .predict import load_user_classifier, output_names, predict_user_logits, user_predictions
+
+    given = [flag for flag, value in (("--data", args.data), ("--input", args.input), ("--text", args.text)) if value]
+    if len(given) != 1:
+        raise ValueError("give one of --data FILE (your own CSV/TSV/JSONL/JSON/Parquet file), --input or --text"
+                         + (f", not {' and '.join(given)}" if given else "") + "; or --task for a GLUE task")
+    if args.glue_submission:
+        raise ValueError("--glue-submission writes a GLUE task's test predictions: it needs --task")
+    if args.columns is not None and not args.data:
+        raise ValueError("--columns maps the columns of a --data file")
+    data = None
+    if args.data:
+        data = load_user_data(args.data, format="classification", columns=args.columns, require_targets=False)
+        texts, pairs = data.columns["text"], data.columns.get("text_pair")
+    elif args.input:
+        examples = read_inputs(args.input)
+        texts = [e.text_a for e in examples]
+        pairs = None if examples[0].text_b is None else [e.text_b for e in examples]
+    else:
+        texts, pairs = list(args.text), None
+    model, tokenizer, names = load_user_classifier(args.model, args.adapter)
+    if names is None:
+        where = args.adapter or args.model
+        print(f"lorakit predict: warning: no labels.json in {where}: outputs are named by the model config's "
+              "id2label, or by class id", file=sys.stderr)
+    logits = predict_user_logits(model, tokenizer, texts, pairs, batch_size=args.batch_size,
+                                 max_length=args.max_length, truncation=args.truncation, progress=True)
+    predictions = user_predictions(model, logits, names)
+    shown = [f"{p:.4f}" if isinstance(p, float) else p for p in predictions]
+    if args.output:
+        atomic_write(args.output, ("\n".join(shown) + "\n").encode("utf-8"))
+        print(f"wrote {len(shown)} predictions to {args.output}", file=sys.stderr)
+    else:
+        for i, label in enumerate(shown):
+            print(f"{label}\t{texts[i]}" + (f"\t{pairs[i]}" if pairs is not None else ""))
+    if data is not None and "label" in data.columns:
+        width = logits.shape[-1]
+        _score_user(data, predictions, None if width == 1 else output_names(model, names, width))
+    return 0
+
+
+def _score_user(data: UserData, predictions: list[str] | list[float], classes: list[str] | None) -> None:
+    """Scores on the rows that have a label, printed as one JSON line on stderr (as for GLUE splits)."""
+    from ..metrics.evaluate import REGRESSION_METRICS, classification_scores
+    from ..metrics.glue import glue_metric
+
+    rows = [i for i, v in enumerate(data.columns["label"]) if v is not None]
+    if not rows:
+        return
+    regression = bool(predictions) and isinstance(predictions[0], float)
+    if regression != (data.label_kind == "float"):
+        print(f"lorakit predict: warning: {data.path} has {'regression' if data.label_kind == 'float' else 'class'} "
+              f"labels but the model {'scores' if regression else 'classifies'}: not scored", file=sys.stderr)
+        return
+    gold = [data.columns["label"][i] for i in rows]
+    got = [predictions[i] for i in rows]
+    if regression:
+        scores = {name: glue_metric(name, got, gold) for name in REGRESSION_METRICS}
+    else:
+        gold = [str(v) for v in gold]
+        unknown = sorted(set(gold) - set(classes or ()))
+        if unknown:  # another label set, or a model trained on other names: every such row is wrong
+            print(f"lorakit predict: warning: label(s) {', '.join(unknown)} in {data.path} are not classes of the "
+                  f"model ({', '.join(classes or ())}); those rows count as wrong", file=sys.stderr)
+        scores = classification_scores(got, gold)
+    scored = {k: round(v, 4) for k, v in scores.items()}
+    if len(rows) < len(data):
+        scored["labelled"] = len(rows)
+    print(json.dumps(scored), file=sys.stderr)
+
+
 def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from ..data.glue import GLUE_TASKS
 
-    p = subparsers.add_parser("predict", help="classify sentences, a file or a GLUE split with a task adapter")
+    p = subparsers.add_parser("predict", help="classify your own file, sentences, or a GLUE split with an adapter",
+                              description="Without --task: a classifier trained on your own data (label names from "
+                                          "labels.json in the adapter folder), on --data FILE (a text [+ text_pair] "
+                                          "column, label optional: when present, accuracy, macro F1 and Matthews "
+                                          "are printed), --input or --text; one label name per line. With --task: "
+                                          "a GLUE task adapter on a split, --input or --text.")
     p.add_argument("--model", required=True, help="base model (short name, folder or hub id), or a fully "
                                                   "fine-tuned model folder without --adapter")
     p.add_argument("--adapter", help="adapter folder (its head is restored from modules_to_save)")
-    p.add_argument("--task", required=True, choices=sorted(GLUE_TASKS))
+    p.add_argument("--task", choices=sorted(GLUE_TASKS), help="a GLUE task (default: your own classifier)")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--split", default="dev", help="GLUE split to classify (default: dev; test for submission)")
     source.add_argument("--input", help="a text file: one input per line, a tab between the sentences of a pair")
     source.add_argument("--text", nargs="+", help="sentences to classify")
-    p.add_argument("--data", help="data folder (default: $LORAKIT_DATA)")
-    p.add_argument("--output", help="write predictions here (default: print them)")
+    p.add_argument("--data", help="your own file to classify (CSV, TSV, JSONL, JSON, Parquet); with --task: the "
+                                  "data folder (default: $LORAKIT_DATA)")
+    p.add_argument("--columns", help="map your file's column names, e.g. text=sentence,label=sentiment")
+    p.add_argument("--output", help="write predictions here, one per line (default: print them beside the inputs)")
     p.add_argument("--glue-submission", action="store_true", help="write GLUE's index<TAB>prediction format")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=256, help="without --task: tokens per input (default: 256)")
+    p.add_argument("--truncation", choices=["right", "left"], default="right",
+                   help="without --task: which end of a longer input is cut (default: right)")
     p.set_defaults(func=_predict)
     return p
 

@@ -1,4 +1,5 @@
-"""Batched sentence (pair) classification and regression with an encoder, and GLUE dev scoring.
+"""Batched sentence (pair) classification and regression with an encoder: GLUE tasks and dev scoring, and a
+user's own classifier (trained on their file, label names in the adapter's ``labels.json``).
 
 Inputs are run in length order (little padding) and the outputs put back in input order.
 """
@@ -15,7 +16,7 @@ from tqdm import tqdm
 
 from ..data.glue import GlueExample
 from ..tasks import GLUETask, get_task
-from ..train.batching import collate_classification
+from ..train.batching import ClassificationSample, collate_classification
 
 
 def load_classifier(model: str, task: str, adapter: str | os.PathLike | None = None):
@@ -46,14 +47,20 @@ def predict_logits(model: nn.Module, tokenizer, task: str, examples: Sequence[Gl
     """Logits (rows in input order, fp32 on the CPU); the model's train/eval mode is left as it was."""
     glue = _glue_task(task)
     samples = glue.encode(tokenizer, examples, max_length)
+    return batched_logits(model, tokenizer, samples, batch_size, f"predict {glue.name}", progress)
+
+
+@torch.no_grad()
+def batched_logits(model: nn.Module, tokenizer, samples: Sequence[ClassificationSample], batch_size: int = 64,
+                   desc: str = "predict", progress: bool = False) -> torch.Tensor:
+    """Logits of encoded samples, run in length order (little padding) and returned in input order."""
     order = sorted(range(len(samples)), key=lambda i: len(samples[i].input_ids))
     device = next(model.parameters()).device
     out: torch.Tensor | None = None  # sized by the active head, which may differ from config.num_labels
     was_training = model.training
     model.eval()
     try:
-        for start in tqdm(range(0, len(order), batch_size), desc=f"predict {glue.name}", unit="batch",
-                          disable=not progress):
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress):
             rows = order[start:start + batch_size]
             batch = collate_classification([samples[i] for i in rows], tokenizer.pad_token_id)
             batch.pop("labels")
@@ -109,3 +116,62 @@ def write_predictions(path: str | os.PathLike, task: str, examples: Sequence[Glu
     else:
         lines = [shown(p) for p in predictions]
     return atomic_write(path, ("\n".join(lines) + "\n").encode("utf-8"))
+
+
+# ------------------------------------------------------------------------------- a user's own classifier
+
+
+def load_user_classifier(model: str, adapter: str | os.PathLike | None = None):
+    """``(model, tokenizer, names)`` for a classifier trained on the user's own data: a base plus an adapter
+    folder (its head takes the number of outputs saved in the file), or a fully fine-tuned model folder.
+
+    ``names`` are the label names in class-id order from ``labels.json`` in the adapter (or model) folder,
+    the file the server answers with; None when there is none (see :func:`output_names`).
+    """
+    from .. import load_adapter
+    from ..metrics.labels import read_label_names
+    from ..models import load_model
+
+    folder = adapter if adapter is not None else (model if Path(model).expanduser().is_dir() else None)
+    names = None if folder is None else read_label_names(folder, required=False)
+    num_labels = None if adapter is None else (len(names) if names else None)
+    net, tokenizer = load_model(model, "sequence-classification", num_labels=num_labels)
+    if adapter is not None:
+        load_adapter(net, adapter, head_size_from_file=True)
+    net.eval()
+    return net, tokenizer, names
+
+
+def output_names(model: nn.Module, names: Sequence[str] | None, width: int) -> list[str]:
+    """What each output is called: ``names`` (checked against the head's width), else the model config's
+    ``id2label`` when it holds real names, else the class ids as text."""
+    if names is not None:
+        if len(names) != width:
+            raise ValueError(f"{len(names)} label names ({', '.join(names)}) for a classifier with {width} outputs")
+        return list(names)
+    id2label = getattr(getattr(model, "config", None), "id2label", None) or {}
+    found = [id2label.get(i) for i in range(width)]
+    if all(isinstance(n, str) and n for n in found) and found != [f"LABEL_{i}" for i in range(width)]:
+        return [str(n) for n in found]
+    return [str(i) for i in range(width)]
+
+
+def predict_user_logits(model: nn.Module, tokenizer, texts: Sequence[str], pairs: Sequence[str] | None = None, *,
+                        batch_size: int = 64, max_length: int = 256, truncation: str = "right",
+                        progress: bool = False) -> torch.Tensor:
+    """Logits for sentences (and pairs), encoded exactly as training on a user's file encodes them
+    (``lorakit.data.user.encode_classification``); ``truncation`` right or left (every input gets an answer)."""
+    from ..data.user import encode_classification
+
+    if truncation not in ("right", "left"):
+        raise ValueError(f"truncation for prediction must be right or left, got {truncation!r}")
+    samples, _ = encode_classification(tokenizer, texts, pairs, [0] * len(texts), max_length, truncation)
+    return batched_logits(model, tokenizer, samples, batch_size, "predict", progress)
+
+
+def user_predictions(model: nn.Module, logits: torch.Tensor, names: Sequence[str] | None) -> list[str] | list[float]:
+    """Label names (argmax), or the scores of a one-output (regression) head."""
+    if logits.shape[-1] == 1:
+        return logits[:, 0].tolist()
+    shown = output_names(model, names, logits.shape[-1])
+    return [shown[i] for i in logits.argmax(-1).tolist()]
