@@ -156,8 +156,8 @@ def test_catastrophic_target_regex_is_bounded(folder, served, monkeypatch):
 
 def test_catastrophic_rank_pattern_is_bounded(folder, served, monkeypatch):
     monkeypatch.setattr("lorakit.lora.config.REGEX_TIME_LIMIT_S", 0.2)
-    _edit_config(folder, rank_pattern={BACKTRACKING: 4})
-    _edit_header(folder, json.dumps({"rank_pattern": {BACKTRACKING: 4}}))  # lorakit's header has the last word
+    _edit_config(folder, rank_pattern={BACKTRACKING: 2})
+    _edit_header(folder, json.dumps({"rank_pattern": {BACKTRACKING: 2}}))  # lorakit's header has the last word
     start = time.monotonic()
     _both_paths_refuse(folder, served, r"rank_pattern regex took longer than 0.2 s over \d+ module names")
     assert time.monotonic() - start < 10
@@ -203,3 +203,13 @@ def test_python_dash_m_lorakit_runs_the_cli():
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: lorakit") and "info" in result.stdout
+
+
+@pytest.mark.parametrize("change", [{"r": 10**9}, {"rank_pattern": {"q_proj": 10**9}}])
+def test_a_huge_declared_rank_is_refused_before_anything_is_allocated(folder, served, change):
+    """A config declaring r=1e9 over small tensors once made ``load_adapter`` try to allocate 256 GB (an
+    allocator error at best, the process killed at worst): the ranks are checked against the file first."""
+    _edit_config(folder, **change)
+    if "rank_pattern" in change:  # lorakit's header has the last word on patterns
+        _edit_header(folder, json.dumps(change))
+    _both_paths_refuse(folder, served, match=r"rank 1000000000 .* largest LoRA tensor in the file has rank 2")

@@ -91,7 +91,25 @@ def read_adapter(directory: str | os.PathLike) -> tuple[LoraConfig, dict[str, to
     except json.JSONDecodeError as err:
         raise AdapterFormatError(f"{config_path}: invalid JSON at line {err.lineno}, column {err.colno}: "
                                  f"{err.msg}") from err
-    return from_peft(data, meta, str(config_path)), tensors, meta
+    config = from_peft(data, meta, str(config_path))
+    _check_declared_ranks(config, tensors, str(config_path))
+    return config, tensors, meta
+
+
+def _check_declared_ranks(config: LoraConfig, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse ranks larger than any LoRA tensor in the file before a layer is allocated for them.
+
+    Why: ``"r": 1000000000`` over small tensors would otherwise make ``load_adapter`` allocate each layer's
+    A and B at that rank (hundreds of GB: an allocator error at best, the process killed at worst) before
+    the tensor shapes are compared. The exact per-module check still follows when the tensors are loaded.
+    """
+    ranks = [t.shape[0] for key, t in tensors.items() if key.endswith((".lora_A.weight", ".lora_embedding_A"))]
+    largest = max(ranks, default=0)
+    declared = [("r", config.r), *((f"rank_pattern[{k!r}]", v) for k, v in config.rank_pattern.items())]
+    for key, rank in declared:
+        if rank > largest:
+            raise AdapterFormatError(f"{source}: {key} declares rank {rank} but the largest LoRA tensor in the file "
+                                     f"has rank {largest}")
 
 
 def _read_weights(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
