@@ -20,7 +20,8 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 hf_logging.set_verbosity_error()
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# one thread per pytest-xdist worker (``make test`` runs one worker per core), all cores otherwise
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 
 VOCAB = 96
 REPO = Path(__file__).resolve().parents[1]
