@@ -20,7 +20,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
-# The main job: a LoRA fine-tune of SmolLM2-135M on E2E (about 5 minutes on 2 cores), then dev generations.
+# The main job: a LoRA fine-tune of SmolLM2-135M on E2E (at most a 6-minute training budget, under 10 minutes
+# in all on 2 cores of either CPU kind), then dev generations.
 demo: $(VENV)/.installed
 	rm -rf runs/e2e-quick
 	$(BIN)/lorakit train --config configs/e2e-smollm2-quick.toml

@@ -30,13 +30,16 @@ def test_main_job_config_trains_smollm2_on_e2e(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["train", "--config", str(REPO / "configs/e2e-smollm2-quick.toml"), "--data", str(shared_data_dir()),
                  "--output", str(out), "--max-steps", "12", "--batch-size", "4", "--warmup-steps", "2",
-                 "--log-every", "1", "--samples", "1"])
+                 "--log-every", "1", "--samples", "1", "--time-budget", "off"])
     assert code == 0
     losses = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert len(losses) == 12 and sum(losses[-4:]) < sum(losses[:4])
     assert (out / "adapter/adapter_model.safetensors").is_file() and (out / "loss.png").is_file()
     printed = capsys.readouterr().out
     assert "generated:" in printed and "reference:" in printed
+    # the generations come from a fresh base + the saved adapter, merged, with the trained model's logits
+    diffs = re.search(r"max \|logit diff\| vs the trained model (\S+); merged into the weights: (\S+)", printed)
+    assert diffs and float(diffs.group(1)) < 1e-4 and float(diffs.group(2)) < 1e-3, printed
 
 
 def test_cli_info_describes_adapter_and_reports_errors(tmp_path, capsys):

@@ -7,7 +7,7 @@ import dataclasses
 import sys
 import typing
 
-from .train.config import TrainConfig
+from .train.config import TrainConfig, parse_flags
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -25,27 +25,31 @@ def _train(args: argparse.Namespace) -> int:
     from .tasks import get_task
     from .train import Trainer
 
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    if args.config:
-        config = TrainConfig.from_file(args.config, **overrides)
-    else:
-        config = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
+    flags = parse_flags({f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    config = TrainConfig.from_file(args.config, **flags) if args.config else TrainConfig.from_flags(**flags)
     trainer = Trainer(config)
     summary = trainer.fit(resume=args.resume)
     if trainer.procs.main:
         loss, speed = summary["final_loss"], summary["tokens_per_s"]
-        print(f"done: {summary['steps']} steps in {summary['seconds']:.0f} s"
+        ended = (f"stopped on the time budget after {summary['steps']} of {summary['planned_steps']} steps"
+                 if summary.get("stopped_on_time_budget") else f"done: {summary['steps']} steps")
+        print(f"{ended} in {summary['seconds']:.0f} s"
               + (f", final loss {loss:.3f}, {speed:.0f} tokens/s" if loss is not None else "")
               + f"; run folder {summary['output']}")
         task = get_task(config.task)
         if task.model_kind == "sequence-classification":
             _score_dev(trainer, config)
         elif config.samples:
-            from .samples import show_generations
+            from .samples import reload_and_merge, show_generations
 
-            print(f"\ngreedy generations on {config.task} dev:")
             try:
-                show_generations(trainer.model, trainer.tokenizer, task, config.data, config.samples)
+                model = trainer.model
+                if not config.full_finetune:  # what a user does next: a fresh base + the saved adapter, merged
+                    probe = task.prompt(task.examples("dev", config.data)[0].source)
+                    model = reload_and_merge(trainer.model, trainer.tokenizer, config.model, trainer.result_dir(),
+                                             config.task, probe)
+                print(f"\ngreedy generations on {config.task} dev:")
+                show_generations(model, trainer.tokenizer, task, config.data, config.samples)
             except (OSError, ValueError) as err:  # the run itself succeeded and is saved
                 print(f"  (no dev generations: {err})")
     return 0
@@ -67,7 +71,9 @@ def _score_dev(trainer, config: TrainConfig) -> None:
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field (defaults stay None so a --config file is only overridden on purpose)."""
+    """One flag per TrainConfig field (defaults stay None so a --config file is only overridden on purpose).
+    Values stay text here: ``parse_flags`` and TrainConfig check them, so a bad one is a one-line error
+    naming the flag instead of argparse's usage dump."""
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -77,13 +83,16 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         elif hint is bool:
             parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false", default=None)
         elif f.name == "targets":
-            parser.add_argument(flag, type=lambda s: [t for t in s.split(",") if t], default=None,
-                                help="comma-separated module names (default: the architecture's)")
+            parser.add_argument(flag, default=None, help="comma-separated module names (default: the architecture's)")
+        elif f.name == "time_budget":
+            parser.add_argument(flag, default=None, metavar="DURATION",
+                                help="stop after the step that spends it, e.g. 90s, 6m, 1h; plain number: seconds; "
+                                     "off: none (default: none)")
         elif typing.get_origin(hint) is typing.Literal:
-            parser.add_argument(flag, choices=typing.get_args(hint), default=None, help=f"(default: {f.default})")
+            parser.add_argument(flag, default=None, metavar="{" + ",".join(typing.get_args(hint)) + "}",
+                                help=f"(default: {f.default})")
         else:
-            kind = next((a for a in typing.get_args(hint) if a is not type(None)), hint)  # X | None -> X
-            parser.add_argument(flag, type=kind, default=None, help=f"(default: {f.default})")
+            parser.add_argument(flag, default=None, help=f"(default: {f.default})")
 
 
 def _models(args: argparse.Namespace) -> int:

@@ -1,6 +1,10 @@
 """Checkpoints that are either complete or absent: written into a temporary folder, renamed into place,
 and only then named by ``checkpoints/latest``. Resuming restores parameters, optimizer, scheduler and
-RNG state, so the run continues as if it had never stopped."""
+RNG state, so the run continues as if it had never stopped.
+
+A process killed at any point leaves one of: nothing yet, a staging folder (``.tmp-step-*``, never read,
+removed on the next start), a renamed ``step-*`` folder that ``latest`` does not name yet (complete: it was
+renamed only once written, so it is used when ``latest`` is missing), or a complete checkpoint."""
 
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 LATEST = "latest"
+STAGING_PREFIX = ".tmp-step-"
+CHECKPOINT_FILES = ("trainable.safetensors", "state.pt", "rng-0.pt")
 
 
 def checkpoint_root(output: str | Path) -> Path:
@@ -41,7 +47,7 @@ def trainable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def staging_dir(output: str | Path, step: int) -> Path:
-    return checkpoint_root(output) / f".tmp-step-{step:07d}"
+    return checkpoint_root(output) / f"{STAGING_PREFIX}{step:07d}"
 
 
 def write_rank_state(folder: Path, rank: int) -> None:
@@ -78,6 +84,45 @@ def latest_checkpoint(output: str | Path) -> Path | None:
         raise ValueError(f"{pointer}: expected a checkpoint name like step-0000100, got {name!r}")
     folder = checkpoint_root(output) / name
     return folder if folder.is_dir() else None
+
+
+def is_complete(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in CHECKPOINT_FILES)
+
+
+def resume_point(output: str | Path) -> Path | None:
+    """The checkpoint to resume from: the one ``latest`` names, else (killed between renaming the first
+    checkpoint into place and writing ``latest``) the newest complete ``step-*`` folder, else None."""
+    latest = latest_checkpoint(output)
+    if latest is not None and is_complete(latest):
+        return latest
+    folders = sorted(p for p in checkpoint_root(output).glob("step-*") if re.fullmatch(r"step-\d{7}", p.name))
+    return next((p for p in reversed(folders) if is_complete(p)), None)
+
+
+def step_of(folder: Path) -> int:
+    return int(folder.name.removeprefix("step-"))
+
+
+def clean_stale(output: str | Path) -> list[Path]:
+    """Remove what a killed process leaves half-written: checkpoint staging folders, ``latest``'s temporary
+    file, the final save's staging folders (``.model.partial``, ``.model.old``, ``save_adapter``'s
+    ``.adapter.*``) and temporary files. Returns what was removed."""
+    output, root = Path(output), checkpoint_root(output)
+    stale = [*root.glob(f"{STAGING_PREFIX}*"), root / f".{LATEST}.tmp", output / ".model.partial",
+             output / ".model.old", *output.glob(".adapter.*"), output / "log.tmp",
+             *output.glob(".run_config.json.*"), *output.glob(".summary.json.*"),
+             *(output / "adapter").glob(".adapter_*.*")]
+    removed = []
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(path)
+    return removed
 
 
 def restore(folder: Path, model: nn.Module, optimizer, scheduler, rank: int, scaler=None) -> int:

@@ -1,11 +1,22 @@
 """Everything a training run depends on, in one record that is saved with the run and can come from a
-JSON or TOML file (command-line flags override the file)."""
+JSON or TOML file (command-line flags override the file).
+
+Every setting is checked here and nowhere else, type and range, when the record is made: a value that
+would silently change what training does (``max_grad_norm = -1`` is gradient ascent, ``"no"`` is a true
+string) is an error naming the key and where it came from (the file, the flag, or ``TrainConfig``).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
+import re
 import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +40,9 @@ class TrainConfig:
     epochs: float = 1.0
     max_steps: int | None = None  # overrides epochs
     max_train_examples: int | None = None  # data budget: a seeded random subset of the training pairs
+    # wall-clock budget in seconds ("90s", "6m", "1h" accepted; "off" for none): the run stops after the step
+    # that spends it and saves as at a normal end; the lr schedule stays planned for the full max_steps/epochs
+    time_budget: float | None = None
     # optimisation
     batch_size: int = 8  # examples per optimizer step, over all processes
     micro_batch_size: int | None = None  # examples per forward pass and process (gradient accumulation)
@@ -36,7 +50,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 20
     label_smoothing: float = 0.0
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # inf turns clipping off
     max_length: int = 256
     group_by_length: bool = True
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, about 1/3 more compute
@@ -49,35 +63,214 @@ class TrainConfig:
     samples: int = 3  # dev generations printed at the end
 
     def __post_init__(self) -> None:
-        checks = {"rank": self.rank > 0, "batch_size": self.batch_size > 0, "lr": self.lr > 0,
-                  "epochs": self.epochs > 0, "save_every": self.save_every > 0, "log_every": self.log_every > 0,
-                  "max_length": self.max_length > 1, "label_smoothing": 0 <= self.label_smoothing < 1,
-                  "dropout": 0 <= self.dropout < 1, "keep_checkpoints": self.keep_checkpoints >= 1}
-        if self.max_steps is not None:
-            checks["max_steps"] = self.max_steps > 0
-        if self.micro_batch_size is not None:
-            checks["micro_batch_size"] = self.micro_batch_size > 0
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"invalid training setting {bad[0]}={getattr(self, bad[0])!r}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        hints = _hints()
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, check_setting(f.name, getattr(self, f.name), hints[f.name]))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        """Read JSON or TOML; unknown keys are an error naming the key and the file."""
+        """Read JSON or TOML; unknown keys, wrong types and bad values are errors naming the key and the file
+        (or the flag, for a value from ``overrides``: they are command-line flags)."""
         path = Path(path)
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}: not a text file ({err.reason} at byte {err.start})") from None
         try:
             data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
         except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
             raise ValueError(f"{path}: {err}") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a table of settings, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{path}: unknown setting {unknown[0]!r}; known settings: {', '.join(sorted(known))}")
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**data)
+        flags = {k: v for k, v in overrides.items() if v is not None}
+        try:
+            return cls(**{**data, **flags})
+        except ConfigError as err:
+            raise err.located(flag_name(err.key) if err.key in flags else f"{path}: {err.key}") from None
+
+    @classmethod
+    def from_flags(cls, **flags: Any) -> TrainConfig:
+        """Settings from command-line flags only (``None``: not given); errors name the flag."""
+        given = {k: v for k, v in flags.items() if v is not None}
+        try:
+            return cls(**given)
+        except ConfigError as err:
+            raise err.located(flag_name(err.key)) from None
+
+
+class ConfigError(ValueError):
+    """A setting of the wrong type or out of range: ``str()`` is ``where: problem``."""
+
+    def __init__(self, key: str, problem: str, where: str | None = None) -> None:
+        self.key, self.problem = key, problem
+        super().__init__(f"{where or f'TrainConfig: {key}'}: {problem}")
+
+    def located(self, where: str) -> ConfigError:
+        return ConfigError(self.key, self.problem, where)
+
+
+def flag_name(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+@functools.cache
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+# --- types -----------------------------------------------------------------------------------------------
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return "a list of strings"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[hint]
+
+
+def _typed(value: Any, hint: Any) -> tuple[bool, Any]:
+    """(whether ``value`` has type ``hint``, the value normalised: an int given for a float becomes a float,
+    a tuple of names a list). A bool is never taken for a number, nor a number for a bool."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return isinstance(value, str) and value in typing.get_args(hint), value
+    if origin is list:
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        return ok, list(value) if ok else value
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False, value
+        try:
+            return True, float(value)
+        except OverflowError:  # an int beyond float's range
+            return False, value
+    if hint is str:
+        return isinstance(value, str), value
+    raise TypeError(f"TrainConfig: no check for type {hint!r}")  # a new kind of field: add it above
+
+
+def _optional(hint: Any) -> tuple[Any, bool]:
+    """``X | None`` -> (X, True); any other hint -> (hint, False)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(hint)) == 2:
+            return args[0], True
+    return hint, False
+
+
+# Settings given as text with their own syntax, turned into their type before the check.
+_PARSERS: dict[str, Callable[[str], Any]] = {}
+
+
+def check_setting(key: str, value: Any, hint: Any) -> Any:
+    """The value, normalised, if it has the field's type and is in range; else ConfigError naming ``key``."""
+    if isinstance(value, str) and key in _PARSERS:
+        try:
+            value = _PARSERS[key](value)
+        except ValueError as err:
+            raise ConfigError(key, str(err)) from None
+    inner, optional = _optional(hint)
+    if value is None and optional:
+        return None
+    ok, value = _typed(value, inner)
+    if not ok:
+        raise ConfigError(key, f"expected {_describe(inner)}, got {value!r}")
+    if key in RANGES:
+        test, rule = RANGES[key]
+        if not test(value):
+            raise ConfigError(key, f"{rule}, got {value!r}")
+    return value
+
+
+# --- ranges: every numeric setting must have one (tests/test_train_config.py checks) -----------------------
+def _at_least(n: int) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v >= n), ("must be 0 or more" if n == 0 else f"must be at least {n}")
+
+
+_POSITIVE = (lambda v: math.isfinite(v) and v > 0), "must be a finite number greater than 0"
+_FRACTION = (lambda v: 0 <= v < 1), "must be in [0, 1)"
+_NOT_EMPTY = (lambda v: v != ""), "must not be empty"
+
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "task": _NOT_EMPTY,
+    "model": _NOT_EMPTY,
+    "output": _NOT_EMPTY,
+    "rank": _at_least(1),
+    "alpha": _POSITIVE,
+    "dropout": _FRACTION,
+    "targets": ((lambda v: len(v) > 0 and all(v)), "must name at least one module"),
+    "epochs": _POSITIVE,
+    "max_steps": _at_least(1),
+    "max_train_examples": _at_least(1),
+    "time_budget": _POSITIVE,
+    "batch_size": _at_least(1),
+    "micro_batch_size": _at_least(1),
+    "lr": _POSITIVE,
+    "weight_decay": ((lambda v: math.isfinite(v) and v >= 0), "must be a finite number, 0 or more"),
+    "warmup_steps": _at_least(0),
+    "label_smoothing": _FRACTION,
+    "max_grad_norm": ((lambda v: v > 0), "must be greater than 0"),  # inf: no clipping; NaN fails
+    "max_length": _at_least(2),
+    "seed": ((lambda v: 0 <= v < 2**63), "must be in [0, 2**63)"),
+    "log_every": _at_least(1),
+    "save_every": _at_least(1),
+    "keep_checkpoints": _at_least(1),
+    "samples": _at_least(0),
+}
+
+
+# --- text forms: durations and command-line flags ------------------------------------------------------
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smh])")
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds from ``"90"``, ``"90s"``, ``"6m"``, ``"1.5h"`` or ``"1h30m"``; ``"off"``/``"none"`` -> None."""
+    spec = text.strip().lower()
+    if spec in ("off", "none"):
+        return None
+    problem = ValueError(f"expected a duration such as 90, 90s, 6m or 1h (or off), got {text!r}")
+    if re.fullmatch(r"\d+(\.\d*)?|\.\d+", spec):
+        seconds = float(spec)
+    else:
+        parts = _DURATION.findall(spec)
+        if not parts or re.sub(r"\s+", "", spec) != "".join(n + u for n, u in parts):
+            raise problem
+        seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if not math.isfinite(seconds):
+        raise problem
+    return seconds
+
+
+_PARSERS["time_budget"] = parse_duration
+
+
+def parse_flags(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Command-line text to each setting's type (``None``: flag not given; bools come parsed already).
+    Errors name the flag; ranges are checked when the TrainConfig is made."""
+    hints, out = _hints(), {}
+    for key, text in raw.items():
+        if text is None or not isinstance(text, str):
+            out[key] = text
+            continue
+        inner, _ = _optional(hints[key])
+        try:
+            if key in _PARSERS or inner is str or typing.get_origin(inner) is Literal:
+                out[key] = text
+            elif typing.get_origin(inner) is list:
+                out[key] = [t.strip() for t in text.split(",") if t.strip()]
+            else:
+                out[key] = inner(text)
+        except ValueError:
+            raise ConfigError(key, f"expected {_describe(inner)}, got {text!r}", flag_name(key)) from None
+    return out

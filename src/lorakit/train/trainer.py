@@ -3,6 +3,11 @@
 
 Read top to bottom: set up (processes, model, data, optimizer), maybe resume, then one optimizer step per
 planned global batch, logging and checkpointing as it goes.
+
+Whatever state a killed run is in, ``lorakit train --config RUN/run_config.json --resume`` continues it (from
+its last complete checkpoint, or from step 0 when it has none) and a plain rerun's error names that command.
+A time budget stops the loop after the step that spends it; the lr schedule stays planned for the whole run
+(max_steps or epochs), so a stopped run resumes on exactly the curve an unstopped one follows.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ import math
 import os
 import random
 import resource
+import shlex
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +32,7 @@ from tqdm import tqdm
 
 from .. import lora
 from ..adapters import save_adapter
-from ..files import folder_bytes
+from ..files import atomic_write, folder_bytes
 from . import checkpoint as ckpt
 from .batching import Sample, collate, plan_batches, shard
 from .config import TrainConfig
@@ -131,6 +138,8 @@ def training_samples(config: TrainConfig, tokenizer, task) -> list[Sample]:
 class Trainer:
     """One run: ``Trainer(config).fit(resume=False)`` writes the run folder and returns a summary."""
 
+    clock: Callable[[], float] = staticmethod(time.perf_counter)  # elapsed time and the budget (tests replace it)
+
     def __init__(self, config: TrainConfig, model: nn.Module | None = None, tokenizer=None) -> None:
         from ..models import load_model
         from ..tasks import get_task
@@ -233,26 +242,59 @@ class Trainer:
             plot_loss(self.log.read(), self.output / "loss.png", f"{self.config.task}: {self.config.model}")
         self.procs.barrier()
 
+    def resume_command(self) -> str:
+        """The one command that continues this run, whatever state it is in."""
+        saved = self.output / "run_config.json"
+        if not saved.is_file():
+            return "the same command with --resume"
+        command = ["lorakit", "train", "--config", str(saved)]
+        try:
+            if Path(json.loads(saved.read_text()).get("output", "")) != self.output:  # the folder was moved
+                command += ["--output", str(self.output)]
+        except (ValueError, AttributeError):
+            pass
+        prefix = "torchrun ... " if self.procs.world_size > 1 else ""
+        return prefix + shlex.join([*command, "--resume"])
+
     def resume_step(self, resume: bool) -> int:
-        latest = ckpt.latest_checkpoint(self.output)
+        """Where this session starts. A fresh start refuses a folder that holds a run and names the command
+        that continues it; ``resume`` continues from the last complete checkpoint, or from step 0 (and says
+        so) when there is none, after removing what killed processes left half-written."""
         if not resume:
             earlier = [p.name for p in (self.log.path, self.output / "checkpoints", self.output / "adapter",
                                         self.output / "model") if p.exists()]
             if earlier:
-                raise FileExistsError(f"{self.output} already holds a run ({', '.join(earlier)}); pass --resume "
-                                      "to continue it or choose another --output")
+                point = ckpt.resume_point(self.output)
+                state = f"last checkpoint at step {ckpt.step_of(point)}" if point else "no complete checkpoint yet"
+                raise FileExistsError(f"{self.output} already holds a run ({', '.join(earlier)}; {state}); "
+                                      f"to continue it: {self.resume_command()}; to start afresh remove "
+                                      f"{self.output} or choose another --output")
             return 0
-        if latest is None:
-            raise FileNotFoundError(f"--resume: no checkpoint under {ckpt.checkpoint_root(self.output)}")
+        if self.procs.main:
+            for path in ckpt.clean_stale(self.output):
+                print(f"removed {path}: left half-written by a stopped process")
+        self.procs.barrier()
+        point = ckpt.resume_point(self.output)
+        if point is None:
+            if self.procs.main:
+                self.log.truncate_after(0)
+                print(f"--resume: no complete checkpoint in {ckpt.checkpoint_root(self.output)}: "
+                      "starting from step 0")
+            return 0
         self.check_same_settings()
-        step = ckpt.restore(latest, self.model, self.optimizer, self.schedule, self.procs.rank, self.scaler)
+        step = ckpt.step_of(point)
+        if step > self.total_steps:
+            raise ValueError(f"{point} is at step {step}, past this run's {self.total_steps} steps; resume with "
+                             f"--max-steps {step} or more ({self.resume_command()} --max-steps {step})")
+        step = ckpt.restore(point, self.model, self.optimizer, self.schedule, self.procs.rank, self.scaler)
         if self.procs.main:
             self.log.truncate_after(step)
-            print(f"resumed from {latest} (step {step})")
+            print(f"resumed from {point} (step {step})")
         return step
 
     # settings a resumed run may change: how long it runs and what it prints
-    RESUMABLE_CHANGES = ("output", "max_steps", "epochs", "samples", "log_every", "save_every", "keep_checkpoints")
+    RESUMABLE_CHANGES = ("output", "max_steps", "epochs", "time_budget", "samples", "log_every", "save_every",
+                         "keep_checkpoints")
 
     def check_same_settings(self) -> None:
         """Resuming is exact only with the settings the run started with (batch plan, schedule, model)."""
@@ -263,53 +305,93 @@ class Trainer:
         changed = [k for k in now if k not in self.RESUMABLE_CHANGES and saved.get(k, now[k]) != now[k]]
         if changed:
             raise ValueError(f"--resume with other settings than {saved_path}: {changed[0]} was "
-                             f"{saved.get(changed[0])!r}, now {now[changed[0]]!r}")
+                             f"{saved.get(changed[0])!r}, now {now[changed[0]]!r}; to continue the run as it "
+                             f"was: {self.resume_command()}")
 
     # --- the run
+    def budget_spent(self, started: float) -> bool:
+        """Whether the time budget is used up; every process agrees (rank 0's clock decides)."""
+        if self.config.time_budget is None:
+            return False
+        spent = torch.tensor(float(self.clock() - started >= self.config.time_budget), device=self.device)
+        if self.procs.world_size > 1:
+            dist.broadcast(spent, src=0)
+        return bool(spent.item())
+
+    def finished_before(self, start_step: int) -> bool:
+        """A resumed run that had already trained every step and saved its result (not one that a time
+        budget stopped at what is now its last step: that one still writes its result and summary anew)."""
+        done = self.output / "summary.json"
+        if start_step != self.total_steps or not done.is_file() or not self.result_dir().is_dir():
+            return False
+        summary = json.loads(done.read_text())
+        return summary.get("steps") == start_step and not summary.get("stopped_on_time_budget")
+
     def fit(self, resume: bool = False) -> dict:
         config, procs = self.config, self.procs
         if procs.main:
             self.output.mkdir(parents=True, exist_ok=True)
         procs.barrier()
         start_step = self.resume_step(resume)
+        if self.finished_before(start_step):
+            procs.barrier()
+            if procs.main:
+                print(f"{self.output} already finished: {start_step} of {self.total_steps} steps, result in "
+                      f"{self.result_dir()}; nothing to train. To train longer: {self.resume_command()} "
+                      f"--max-steps {start_step * 2}")
+            return json.loads((self.output / "summary.json").read_text())
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in self.model.parameters())
         if procs.main:
-            (self.output / "run_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+            atomic_write(self.output / "run_config.json", (json.dumps(config.to_dict(), indent=2) + "\n").encode())
+            budget = f"; time budget {config.time_budget:g} s" if config.time_budget is not None else ""
             print(f"{config.task}: {len(self.samples):,} examples, {self.total_steps} steps of {config.batch_size} "
-                  f"on {procs.world_size} process(es), {self.device}; trainable {trainable:,} / {total:,}")
+                  f"on {procs.world_size} process(es), {self.device}; trainable {trainable:,} / {total:,}{budget}")
         self.model.train()
         bar = tqdm(range(start_step, self.total_steps), initial=start_step, total=self.total_steps,
                    desc=f"train {config.task}", unit="step", disable=not procs.main)
-        started, tokens_seen = time.perf_counter(), 0
+        started, tokens_seen = self.clock(), 0
         last = (self.log.read() or [{}])[-1] if procs.main else {}  # a resumed, finished run trains no step
+        last.pop("stopped", None)
+        reached, stopped_on_budget = start_step, False
         for step in bar:
             try:
                 loss, tokens = self.step(step)
             except TrainingDiverged as err:
                 latest = ckpt.latest_checkpoint(self.output)
                 raise TrainingDiverged(f"{err}; stopped. Last good checkpoint: {latest or 'none yet'}") from None
+            reached = step + 1
             tokens_seen += tokens
-            elapsed = time.perf_counter() - started
-            last = {"step": step + 1, "epoch": (step + 1) / self.steps_per_epoch, "loss": loss,
+            elapsed = max(self.clock() - started, 1e-9)
+            stopped_on_budget = reached < self.total_steps and self.budget_spent(started)
+            last = {"step": reached, "epoch": reached / self.steps_per_epoch, "loss": loss,
                     "lr": self.schedule.get_last_lr()[0], "tokens": tokens, "tokens_per_s": tokens_seen / elapsed,
                     "elapsed_s": elapsed, "peak_mem_mb": peak_memory_mb(self.device)}
+            if stopped_on_budget:
+                last["stopped"] = "time_budget"
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{last['lr']:.1e}", tok_s=f"{last['tokens_per_s']:.0f}")
-            if procs.main and ((step + 1) % config.log_every == 0 or step + 1 == self.total_steps):
+            end = reached == self.total_steps or stopped_on_budget
+            if procs.main and (reached % config.log_every == 0 or end):
                 self.log.append(last)
-            if (step + 1) % config.save_every == 0 or step + 1 == self.total_steps:
-                self.save_checkpoint(step + 1)
+            if reached % config.save_every == 0 or end:
+                self.save_checkpoint(reached)
+            if stopped_on_budget:
+                break
         bar.close()
+        if stopped_on_budget and procs.main:
+            print(f"time budget of {config.time_budget:g} s spent: stopped after step {reached} of "
+                  f"{self.total_steps} (checkpoint and result saved); to continue: {self.resume_command()}")
         self.model.eval()
-        summary = {"steps": self.total_steps, "steps_this_session": self.total_steps - start_step,
-                   "final_loss": last.get("loss"), "seconds": time.perf_counter() - started,
+        summary = {"steps": reached, "planned_steps": self.total_steps, "stopped_on_time_budget": stopped_on_budget,
+                   "steps_this_session": reached - start_step,
+                   "final_loss": last.get("loss"), "seconds": self.clock() - started,
                    "tokens_per_s": last.get("tokens_per_s"), "peak_mem_mb": peak_memory_mb(self.device),
                    "trainable_params": trainable, "total_params": total,
                    "device": str(self.device), "processes": procs.world_size, "output": str(self.output)}
         if procs.main:
             self.save_result()
             summary["saved_bytes"] = folder_bytes(self.result_dir())
-            (self.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            atomic_write(self.output / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
         procs.barrier()
         return summary
 
@@ -317,12 +399,18 @@ class Trainer:
         return self.output / ("model" if self.config.full_finetune else "adapter")
 
     def save_result(self) -> None:
-        if self.config.full_finetune:  # written beside, then renamed: never a half-written model folder
-            staging = self.output / ".model.partial"
-            if staging.exists():
-                shutil.rmtree(staging)
-            self.model.save_pretrained(staging, safe_serialization=True)
-            self.tokenizer.save_pretrained(staging)
-            staging.rename(self.result_dir())
-        else:
+        """The adapter, or the whole model; saving again (a resumed run) replaces the earlier result."""
+        if not self.config.full_finetune:
             save_adapter(self.model, self.result_dir(), name=self.config.task)
+            return
+        # written beside, then renamed: never a half-written model folder
+        staging, old, final = self.output / ".model.partial", self.output / ".model.old", self.result_dir()
+        for path in (staging, old):
+            if path.exists():
+                shutil.rmtree(path)
+        self.model.save_pretrained(staging, safe_serialization=True)
+        self.tokenizer.save_pretrained(staging)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(staging, final)
+        shutil.rmtree(old, ignore_errors=True)
