@@ -29,8 +29,9 @@ demo: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 
+# one pytest-xdist worker per core (2 here): the suite is mostly single-threaded work and subprocesses
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(shell nproc)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -87,7 +87,7 @@ def main() -> None:
             parts: dict[str, list[float]] = {"read": [], "attach": [], "route": [], "total": []}
             forward_new, forward_same = [], []
             for r in range(args.repeats):
-                for name in list(pool.slots):
+                for name in list(pool.loaded):
                     pool.detach(name)
                 name = f"{kind}{r % 4}"
                 t0 = time.perf_counter()
@@ -95,7 +95,7 @@ def main() -> None:
                 t1 = time.perf_counter()
                 pool.attach(adapter)
                 t2 = time.perf_counter()
-                pool.routing.set_rows([pool.slot_of(name)])
+                pool.routing.set_rows([pool.routed_name(name)])
                 pool.routing.prepare()
                 t3 = time.perf_counter()
                 for key, value in (("read", t1 - t0), ("attach", t2 - t1), ("route", t3 - t2), ("total", t3 - t0)):
@@ -114,14 +114,14 @@ def main() -> None:
                 for r in range(args.repeats):
                     name = f"{kind}{r % 4}"
                     start = time.perf_counter()
-                    pool.routing.set_rows([pool.slot_of(name)])
+                    pool.routing.set_rows([pool.routed_name(name)])
                     pool.routing.prepare()
                     switch_s.append(time.perf_counter() - start)
                     _time_two_forwards(model, ids, forward_new, forward_same)
                 results[f"lorakit_{label}_{kind}_ms"] = _ms(switch_s)
             results[f"forward_after_switch_{kind}_ms"] = _ms(forward_new)
             results[f"forward_again_after_switch_{kind}_ms"] = _ms(forward_same)
-            for name in list(pool.slots):
+            for name in list(pool.loaded):
                 pool.detach(name)
 
     lorakit.set_row_routing(model, None)

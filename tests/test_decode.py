@@ -21,7 +21,8 @@ from transformers.generation.logits_process import (
 import lorakit
 from lorakit import LoraConfig
 from lorakit.decode import DecodeConfig, generate, generate_ids, length_batches, preset
-from lorakit.decode.logits import NGramBlocker, filter_scores
+from lorakit.decode.logits import NGramBlocker
+from lorakit.decode.sampling import filter_scores
 
 PAD = 1  # our filler id: masked, never counts as text (the HF batches below are padded with the EOS id)
 LENGTHS = (5, 11, 3, 8, 14)

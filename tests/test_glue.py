@@ -217,13 +217,18 @@ def test_task_adapters_with_different_heads_share_one_base(tmp_path: Path, tiny_
         multi.switch("cola")
 
 
-def test_benchmark_glue_and_sweep_commands(tmp_path: Path, tiny_bert_dir: Path, capsys) -> None:
-    """The multi-run commands on two tiny tasks: every run is a real `lorakit train` process."""
+def _benchmark_setup(tmp_path: Path, tiny_bert_dir: Path) -> tuple[Path, Path]:
     root = write_sentiment(tmp_path / "data", train=32, dev=8)
     config = tmp_path / "glue.toml"
     config.write_text(f'model = "{tiny_bert_dir}"\ntasks = ["sst2", "stsb", "qqp"]\nbatch_size = 16\n'
                       'warmup_steps = 1\nlog_every = 1\n[lora]\nlr = 3e-3\n[full]\nlr = 1e-3\n'
                       '[task.stsb]\nepochs = 2\n[task.stsb.full]\nlr = 5e-4\n')
+    return root, config
+
+
+def test_benchmark_glue_command(tmp_path: Path, tiny_bert_dir: Path, capsys) -> None:
+    """The multi-run command on two tiny tasks: every run is a real `lorakit train` process."""
+    root, config = _benchmark_setup(tmp_path, tiny_bert_dir)
     out = tmp_path / "glue"
     assert lorakit_main(["benchmark", "glue", "--config", str(config), "--data", str(root), "--output", str(out),
                          "--full"]) == 0
@@ -252,6 +257,10 @@ def test_benchmark_glue_and_sweep_commands(tmp_path: Path, tiny_bert_dir: Path, 
                          "--tasks", "sst2"]) == 0
     assert (out / "sst2-lora" / "summary.json").stat().st_mtime_ns == stamp
 
+
+def test_benchmark_sweep_command(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    """Ranks and target sets for one task, each a real `lorakit train` process."""
+    root, config = _benchmark_setup(tmp_path, tiny_bert_dir)
     sweep = tmp_path / "sweep"
     assert lorakit_main(["benchmark", "sweep", "--config", str(config), "--data", str(root), "--output", str(sweep),
                          "--task", "sst2", "--ranks", "1,8", "--targets", "query;query,value"]) == 0

@@ -25,9 +25,9 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
 import lorakit
+from lorakit.decode.sampling import Sampling, choose
 from lorakit.models import gpt2_tokenizer
 from lorakit.serve.engine import Engine, RequestRejected
-from lorakit.serve.sampling import choose
 from lorakit.serve.server import RunningServer, build_engine, serve_in_thread
 
 EOS = 50256
@@ -137,7 +137,7 @@ def _idle(engine: Engine) -> bool:
 
 
 def _adapter_refs(engine: Engine) -> dict[str, int]:
-    return {name: slot.refs for name, slot in engine.pool.slots.items()}
+    return {name: loaded.refs for name, loaded in engine.pool.loaded.items()}
 
 
 # --- 1. one request must never fail the others in its batch
@@ -191,13 +191,14 @@ def test_sampler_gives_each_row_its_own_outcome() -> None:
     logits[3] = float("-inf")
     logits[4, 9] = 3e37  # finite, but infinite once divided by 1e-2
     temps, top_p = [0.0, 1.0, 0.0, 0.7, 1e-2, 0.9], [1.0, 1.0, 1.0, 1.0, 1.0, 0.8]
-    gens = [torch.Generator().manual_seed(5) if t > 0 else None for t in temps]
-    tokens, broken = choose(logits, temps, top_p, gens)
+    rows = [Sampling(t, top_p=p, generator=torch.Generator().manual_seed(5) if t > 0 else None)
+            for t, p in zip(temps, top_p, strict=True)]
+    tokens, broken = choose(logits, rows)
     assert broken == [1, 2, 3]
     assert int(tokens[0]) == int(logits[0].argmax()) and int(tokens[4]) == 9
-    alone, none = choose(logits[5:], [0.9], [0.8], [torch.Generator().manual_seed(5)])
+    alone, none = choose(logits[5:], [Sampling(0.9, top_p=0.8, generator=torch.Generator().manual_seed(5))])
     assert none == [] and int(tokens[5]) == int(alone[0])
-    tokens, broken = choose(logits[:1], [1e-300], [1.0], [None])  # below the floor: greedy, no generator needed
+    tokens, broken = choose(logits[:1], [Sampling(1e-300)])  # below the floor: greedy, no generator needed
     assert broken == [] and int(tokens[0]) == int(logits[0].argmax())
 
 
@@ -382,7 +383,7 @@ def test_classify_failure_of_one_job_answers_everyone(classifier) -> None:
     for got, want in zip(out["ok"].json()["data"], expected, strict=True):
         assert got["scores"] == pytest.approx(want["scores"], rel=1e-4, abs=1e-5)
     assert out["poison"].status_code == 500 and "simulated forward failure" in out["poison"].text
-    deadline_poll(lambda: engine.queued() == 0 and all(s.refs == 0 for s in engine.pool.slots.values()),
+    deadline_poll(lambda: engine.queued() == 0 and all(s.refs == 0 for s in engine.pool.loaded.values()),
                   what="no adapter held")
 
 

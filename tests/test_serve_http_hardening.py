@@ -308,7 +308,7 @@ def test_seeds_outside_64_bits_are_422_and_every_64_bit_seed_works(server) -> No
     for seed in (2**70, 2**64, -(2**63) - 1):
         error = _error(_post(server, "/v1/completions", {"model": "qv4", "prompt": "x", "seed": seed}), 422)
         assert error["param"] == "seed"
-    for seed in (2**64 - 1, -(2**63), -1):  # the last rows' seeds (seed + row) wrap around, as torch's do
+    for seed in (2**64 - 1, -(2**63), -1):  # each row's seed is derived modulo 2**64 (decode.sampling.row_seed)
         r = _post(server, "/v1/completions", {"model": "qv4", "prompt": ["a", "b"], "n": 2, "seed": seed,
                                               "max_tokens": 2, "temperature": 1.0})
         assert r.status_code == 200, (seed, r.text)
@@ -399,7 +399,7 @@ def test_a_plan_made_before_another_adapter_wrapped_its_modules_attaches_exactly
     ids = torch.randint(0, 50257, (1, 7), generator=torch.Generator().manual_seed(5)).repeat(2, 1)
     outs = []
     for engine in engines:
-        engine.pool.routing.set_rows([engine.pool.slot_of("qv4"), None])
+        engine.pool.routing.set_rows([engine.pool.routed_name("qv4"), None])
         with torch.no_grad():
             outs.append(engine.model(input_ids=ids).logits)
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
@@ -414,3 +414,25 @@ def test_unparseable_bodies_and_unknown_paths_get_openai_shaped_errors(server) -
         assert _error(_post(server, "/v1/completions", raw), 400)["message"]
     assert _error(httpx.get(server.url + "/v1/nothing"), 404)["message"]
     assert _error(httpx.get(server.url + "/v1/completions"), 405)["message"]
+
+
+# --- found by the closing round of hostile inputs
+
+
+def test_a_very_long_stop_sequence_is_422(server) -> None:
+    """Stop matching runs on the engine thread for every generated token: a 100,000-character stop string
+    made a 50-token request take 5 s (and everyone sharing its batch with it)."""
+    r = _post(server, "/v1/completions", {"model": "qv4", "prompt": "x", "max_tokens": 2, "stop": ["x" * 5_000]})
+    error = _error(r, 422)
+    assert error["param"] == "stop" and "characters" in error["message"]
+    assert _post(server, "/v1/completions", {"model": "qv4", "prompt": "x", "max_tokens": 2,
+                                            "stop": ["y" * 200]}).status_code == 200
+
+
+@pytest.mark.parametrize(("field", "value"), [("max_tokens", True), ("n", True), ("seed", False),
+                                              ("temperature", True), ("top_k", True), ("prompt", [True, 5])])
+def test_booleans_are_not_numbers(server, field: str, value) -> None:
+    """JSON ``true`` is not the number 1: pydantic's lax mode would read ``"max_tokens": true`` as 1."""
+    body = {"model": "qv4", "prompt": "x", "max_tokens": 2, field: value}
+    error = _error(_post(server, "/v1/completions", body), 422)
+    assert error["param"] == field

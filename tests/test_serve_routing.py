@@ -7,10 +7,10 @@ import torch
 from conftest import VOCAB, logits, make
 
 import lorakit
-import lorakit.lora.routing as routing_module
 from lorakit import LoraConfig
 from lorakit.adapters.io import read_adapter
 from lorakit.lora.routing import attach_routed, detach_routed, plan_routed_adapter
+from lorakit.lora.routing.banks import FactorBank
 
 
 def _alone(model: torch.nn.Module, ids: torch.Tensor, name: str | None, **kw) -> torch.Tensor:
@@ -307,7 +307,7 @@ def test_a_failed_attach_leaves_model_and_routing_as_they_were(tmp_path, monkeyp
     config, tensors, _ = read_adapter(tmp_path / "sst")
     plan = plan_routed_adapter(served, config, tensors)
     calls = {"n": 0}
-    original_put = routing_module._Bank.put
+    original_put = FactorBank.put
 
     def failing_put(self, *args, **kwargs):  # the second bank fails, after the first was written
         calls["n"] += 1
@@ -315,7 +315,7 @@ def test_a_failed_attach_leaves_model_and_routing_as_they_were(tmp_path, monkeyp
             raise RuntimeError("out of memory (simulated)")
         return original_put(self, *args, **kwargs)
 
-    monkeypatch.setattr(routing_module._Bank, "put", failing_put)
+    monkeypatch.setattr(FactorBank, "put", failing_put)
     with pytest.raises(RuntimeError, match="simulated"):
         attach_routed(served, routing, "sst", plan)
     assert calls["n"] == 2

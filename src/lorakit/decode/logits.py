@@ -1,7 +1,7 @@
-"""Score processing shared by the strategies: n-gram blocking, sampling filters, a per-input sampler.
+"""N-gram blocking shared by the strategies (sampling filters and the per-row sampler: ``sampling``).
 
-Everything is vectorised over rows: HF's no-repeat processor rebuilds every row's n-gram table in Python
-at every step, which dominates beam search over ten beams per input.
+Vectorised over rows: HF's no-repeat processor rebuilds every row's n-gram table in Python at every step,
+which dominates beam search over ten beams per input.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 
 NEG_INF = float("-inf")
-_MIX = 1_000_003  # seed * _MIX + input index: distinct streams per input
 
 
 class NGramBlocker:
@@ -62,45 +61,3 @@ class NGramBlocker:
         tokens = history[rows, cols + n - 1]
         valid = tokens >= 0
         scores[rows[valid], tokens[valid]] = NEG_INF
-
-
-def filter_scores(scores: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
-    """Temperature, then top-k, then nucleus (top-p) filtering, with HF's semantics and order."""
-    if temperature != 1.0:
-        scores = scores / temperature
-    if 0 < top_k < scores.shape[-1]:
-        kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]
-        scores = scores.masked_fill(scores < kth, NEG_INF)
-    if top_p < 1.0:
-        ordered, order = torch.sort(scores, descending=False)
-        cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
-        drop = cumulative <= 1 - top_p
-        drop[:, -1] = False  # always keep the most likely token
-        scores = scores.masked_fill(drop.scatter(1, order, drop), NEG_INF)
-    return scores
-
-
-class RowSampler:
-    """Draws one token per row from its own random stream, keyed by the input's index.
-
-    Why: a shared generator would make an input's sample depend on which inputs share its batch and in
-    which order; with one stream per input the same seed gives the same text for any batch size.
-    """
-
-    def __init__(self, seed: int, keys: list[int]) -> None:
-        self.generators = [torch.Generator().manual_seed((seed * _MIX + key) % 2**63) for key in keys]
-
-    def select(self, rows: list[int]) -> None:
-        self.generators = [self.generators[r] for r in rows]
-
-    def stack(self, other: RowSampler) -> None:
-        self.generators = self.generators + other.generators
-
-    def sample(self, scores: torch.Tensor) -> torch.Tensor:
-        """Inverse-CDF sampling in float64: one uniform draw per row; tokens at -inf are never picked."""
-        probs = torch.softmax(scores.double(), dim=-1)
-        cdf = probs.cumsum(dim=-1)
-        draws = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.generators])
-        targets = draws.to(cdf.device)[:, None] * cdf[:, -1:]
-        picked = torch.searchsorted(cdf, targets, right=True).clamp_(max=scores.shape[-1] - 1)
-        return picked[:, 0]

@@ -9,92 +9,29 @@ prefill pass for a few new rows costs more than the steps it saves.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 
 import torch
 
-from .cache import drop_front, growable, reorder_tail, select_rows, stack
+from .batch import LiveBatch, grow_mask, leading_padding, take_token
+from .cache import drop_front, growable, reorder_tail, select_rows
 from .config import DecodeConfig
-from .logits import NGramBlocker, RowSampler, filter_scores
+from .logits import NGramBlocker
 from .runner import CausalLM, left_pad
+from .sampling import GREEDY, Sampling, row_generator, row_seed
+
+log = logging.getLogger("lorakit.decode")
 
 _DEAD = -1.0e9  # HF's score for "cannot be chosen"; kept identical so ties and sums agree with HF
 
 
-def _grow(mask: torch.Tensor) -> torch.Tensor:
-    return torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-
-
-def _leading_padding(mask: torch.Tensor) -> int:
-    """How many first columns are padding in every row (no live row attends to them)."""
-    used = mask.any(dim=0)
-    return int(used.to(torch.int8).argmax()) if bool(used.any()) else 0
-
-
-class _Rows:
-    """Rows decoded together (greedy, sampling) and everything that must stay aligned with them."""
-
-    def __init__(self, lm: CausalLM, prompts: Sequence[Sequence[int]], indices: list[int], config: DecodeConfig,
-                 pad_id: int) -> None:
-        ids, self.mask = left_pad([prompts[i] for i in indices], pad_id, lm.device)
-        self.logits, self.cache, self.positions = lm.prefill(ids, self.mask, headroom=config.max_new_tokens)
-        self.rows, self.counts = list(indices), [0] * len(indices)
-        self.blocker = NGramBlocker(config.no_repeat_ngram_size, ids, self.mask) \
-            if config.no_repeat_ngram_size else None
-        self.sampler = RowSampler(config.seed, indices) if config.strategy == "sample" else None
-        self.growable = growable(self.cache)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def choose(self, config: DecodeConfig) -> torch.Tensor:
-        """The next token of every row."""
-        if self.blocker is not None:
-            self.blocker.ban(self.logits)
-        if self.sampler is not None:
-            return self.sampler.sample(filter_scores(self.logits, config.temperature, config.top_k, config.top_p))
-        return self.logits.argmax(dim=-1)
-
-    def keep(self, keep: torch.Tensor) -> None:
-        """Keep only rows ``keep`` (they stay in order); padding columns nobody needs any more go too."""
-        kept = keep.tolist()
-        self.rows, self.counts = [self.rows[i] for i in kept], [self.counts[i] for i in kept]
-        self.mask, self.positions = self.mask[keep], self.positions[keep]
-        if self.blocker is not None:
-            self.blocker.select(keep)
-            self.blocker.trim()
-        if self.sampler is not None:
-            self.sampler.select(kept)
-        if not kept:
-            return
-        select_rows(self.cache, keep)
-        lead = _leading_padding(self.mask) if self.growable else 0
-        if lead:
-            self.mask = self.mask[:, lead:]
-            drop_front(self.cache, lead)
-
-    def stack(self, other: _Rows) -> _Rows:
-        """Add ``other``'s rows (fresh from their prefill) below these, right-aligned."""
-        if not self.rows:
-            return other
-        stack(self.cache, other.cache)
-        width = max(self.mask.shape[1], other.mask.shape[1])
-        self.mask = torch.cat([torch.nn.functional.pad(m, (width - m.shape[1], 0)) for m in (self.mask, other.mask)])
-        self.positions = torch.cat([self.positions, other.positions])
-        self.logits = torch.cat([self.logits, other.logits])
-        self.rows, self.counts = self.rows + other.rows, self.counts + other.counts
-        if self.blocker is not None:
-            self.blocker.stack(other.blocker)
-        if self.sampler is not None:
-            self.sampler.stack(other.sampler)
-        return self
-
-    def advance(self, tokens: torch.Tensor) -> None:
-        """Feed each row's new token through the model; ``logits`` then predict the token after it."""
-        if self.blocker is not None:
-            self.blocker.append(tokens)
-        self.mask, self.positions = _grow(self.mask), self.positions + 1
+def row_sampling(config: DecodeConfig, index: int) -> Sampling:
+    """How input ``index`` picks its tokens under ``config``: the server builds the same from a request."""
+    if config.strategy != "sample":
+        return GREEDY
+    return Sampling(config.temperature, config.top_k, config.top_p, row_generator(row_seed(config.seed, index)))
 
 
 def stream_decode(lm: CausalLM, prompts: Sequence[Sequence[int]], order: Sequence[int], config: DecodeConfig,
@@ -106,41 +43,37 @@ def stream_decode(lm: CausalLM, prompts: Sequence[Sequence[int]], order: Sequenc
     Rows stop at EOS (not included in the output) or after ``max_new_tokens``. New prompts are admitted once
     ``refill_at`` slots are free (default: all of them, i.e. whole batches); caches whose layers cannot be
     merged (sliding-window models) always use whole batches. ``on_done(index, tokens)`` follows each prompt.
+    A row whose scores are not finite (NaN, +inf) ends there, with a warning naming its input.
     """
     stops = set(eos) if config.stop_at_eos else set()
     queue = deque(order)
     outputs: list[list[int]] = [[] for _ in prompts]
-    live: _Rows | None = None
+    live: LiveBatch[int] | None = None
     refill_at = min(refill_at or slots, slots)
     while True:
         free = slots - (len(live) if live is not None else 0)
         if queue and (not live or (live.growable and free >= refill_at)):
-            new = _Rows(lm, prompts, [queue.popleft() for _ in range(min(free, len(queue)))], config, pad_id)
+            indices = [queue.popleft() for _ in range(min(free, len(queue)))]
+            new = LiveBatch(lm, [prompts[i] for i in indices], indices, [row_sampling(config, i) for i in indices],
+                            pad_id, headroom=config.max_new_tokens,
+                            no_repeat_ngram_size=config.no_repeat_ngram_size)
             live = new if live is None else live.stack(new)
         if not live:
             return outputs
-        tokens = live.choose(config)
-        finished = []
-        for j, (row, token) in enumerate(zip(live.rows, tokens.tolist(), strict=True)):
-            live.counts[j] += 1
-            if token in stops:
-                finished.append(j)
+        tokens, broken = live.choose()
+        keep = []
+        for j, (row, token) in enumerate(zip(live.rows, tokens, strict=True)):
+            if j in broken:
+                log.warning("input %d: the model's next-token scores are not finite after %d tokens; its output "
+                            "ends there", row, len(outputs[row]))
+            elif take_token(token, outputs[row], config.max_new_tokens, stops) is None:
+                keep.append(j)
                 continue
-            outputs[row].append(token)
-            if live.counts[j] == config.max_new_tokens:
-                finished.append(j)
-        if finished:
             if on_done is not None:
-                for j in finished:
-                    on_done(live.rows[j], outputs[live.rows[j]])
-            gone = set(finished)
-            keep = torch.tensor([j for j in range(len(live)) if j not in gone], dtype=torch.long, device=lm.device)
-            live.keep(keep)
-            tokens = tokens[keep]
-            if not live:
-                continue
-        live.advance(tokens)
-        live.logits = lm.step(tokens, live.cache, live.mask, live.positions)
+                on_done(row, outputs[row])
+        live.keep(keep)
+        if live:
+            live.step()
 
 
 def _gather(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -245,7 +178,7 @@ def beam_search(lm: CausalLM, prompts: Sequence[Sequence[int]], config: DecodeCo
             rows = (keep[:, None] * beams + torch.arange(beams, device=device)).reshape(-1)
             select_rows(cache, rows)
             mask, positions = mask[rows], positions[rows]
-            lead = _leading_padding(mask) if growable(cache) else 0
+            lead = leading_padding(mask) if growable(cache) else 0
             if lead:
                 mask, shared = mask[:, lead:], shared - lead
                 drop_front(cache, lead)
@@ -257,7 +190,7 @@ def beam_search(lm: CausalLM, prompts: Sequence[Sequence[int]], config: DecodeCo
         if blocker is not None:
             blocker.select(origin.reshape(-1))
             blocker.append(next_tokens)
-        mask, positions = _grow(mask), positions + 1
+        mask, positions = grow_mask(mask), positions + 1
         logits = lm.step(next_tokens, cache, mask, positions)
 
     for i in range(len(items)):

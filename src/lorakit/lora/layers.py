@@ -11,16 +11,30 @@ Merging adds ``scaling * B A`` to the base weight in place; it only ever happens
 
 from __future__ import annotations
 
+import copy
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-if TYPE_CHECKING:
-    from .routing import RowRouting
+
+class RowUpdate(Protocol):
+    """What a layer asks of per-row routing (``lora.routing.RowRouting`` implements it). Owned here, so
+    that layers know nothing of how routing stores or gathers factors and import nothing from it."""
+
+    @property
+    def rows(self) -> Sequence[str | None] | None:
+        """The adapter of each row of the next batches (``None``: the base); ``None``: not routing now."""
+
+    def add_delta(self, layer: LoraLayer, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """``result`` (``layer``'s base output for ``x``) plus each row's update."""
+
+    def saved_forward(self, wrapper: ModulesToSave, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """``wrapper``'s output, each row through its own adapter's copy."""
 
 
 def lora_scaling(r: int, alpha: float, use_rslora: bool) -> float:
@@ -46,7 +60,7 @@ class LoraLayer(nn.Module):
         self.merged_adapters: list[str] = []
         self.disabled = False
 
-    routing: RowRouting | None = None  # set by ``set_row_routing``: per-row adapters instead of the active ones
+    routing: RowUpdate | None = None  # set by ``set_row_routing``: per-row adapters instead of the active ones
 
     # --- attributes of the wrapped module (e.g. ``weight``, ``nf``) stay reachable for model code
     def __getattr__(self, name: str):
@@ -347,7 +361,7 @@ class ModulesToSave(nn.Module):
         self.active_adapters: list[str] = []
         self.disabled = False
 
-    routing: RowRouting | None = None  # set by ``set_row_routing``: each row's own copy
+    routing: RowUpdate | None = None  # set by ``set_row_routing``: each row's own copy
 
     def __getattr__(self, name: str):
         try:
@@ -362,8 +376,6 @@ class ModulesToSave(nn.Module):
         return list(self.modules_to_save)
 
     def add_adapter(self, name: str) -> None:
-        import copy
-
         if name in self.modules_to_save:
             raise ValueError(f"adapter {name!r} already has a copy of this module")
         self.modules_to_save[name] = copy.deepcopy(self.original_module)

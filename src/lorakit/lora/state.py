@@ -78,7 +78,7 @@ def check_adapter_tensors(expected: dict[str, list[int]], tensors: dict[str, tor
 
 
 @dataclass
-class _Slot:
+class _SavedTensor:
     """One saved tensor: where it lives in the model and how it maps to the file's layout."""
 
     param: torch.Tensor
@@ -109,17 +109,18 @@ def _identity(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _slots(model: nn.Module, name: str) -> dict[str, _Slot]:
+def _saved_tensors(model: nn.Module, name: str) -> dict[str, _SavedTensor]:
+    """Every tensor of adapter ``name``, by its PEFT key."""
     config = adapter_config(model, name)
-    slots: dict[str, _Slot] = {}
+    saved: dict[str, _SavedTensor] = {}
     for path, layer in lora_layers(model):
         if name not in layer.adapter_names:
             continue
         for rel, param in layer.adapter_named_parameters(name):
-            slots[peft_key(path, rel)] = _Slot(param, lambda p=param: p, _identity)
+            saved[peft_key(path, rel)] = _SavedTensor(param, lambda p=param: p, _identity)
         if isinstance(layer, FusedLinear):  # PEFT has no slice LoRA: save the equivalent rank k*r LoRA
             b_key = peft_key(path, "lora_B.weight")
-            slots[b_key] = _Slot(
+            saved[b_key] = _SavedTensor(
                 layer.lora_B[name].weight,
                 lambda lay=layer: lay.to_full_rank_lora(name)[1],
                 lambda t, lay=layer: lay.from_full_rank_lora(t, lay.r[name]),
@@ -127,15 +128,15 @@ def _slots(model: nn.Module, name: str) -> dict[str, _Slot]:
     for path, wrapper in saved_modules(model):
         if name in wrapper.adapter_names:
             for rel, param in wrapper.modules_to_save[name].named_parameters():
-                slots[peft_key(path, rel)] = _Slot(param, lambda p=param: p, _identity)
+                saved[peft_key(path, rel)] = _SavedTensor(param, lambda p=param: p, _identity)
     for path, param in trainable_biases(model, name, config):
-        slots[f"{PEFT_PREFIX}{path}"] = _Slot(param, lambda p=param: p, _identity)
-    return slots
+        saved[f"{PEFT_PREFIX}{path}"] = _SavedTensor(param, lambda p=param: p, _identity)
+    return saved
 
 
 def adapter_state_dict(model: nn.Module, name: str = "default") -> dict[str, torch.Tensor]:
     """The tensors that make up adapter ``name``, detached copies under PEFT's key names."""
-    return {key: slot.export().detach().clone().contiguous() for key, slot in _slots(model, name).items()}
+    return {key: entry.export().detach().clone().contiguous() for key, entry in _saved_tensors(model, name).items()}
 
 
 @torch.no_grad()
@@ -147,14 +148,14 @@ def load_adapter_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], 
     differs (expected and actual), or ``AdapterFormatError`` for a non-finite tensor, before anything in
     the model has changed.
     """
-    slots = _slots(model, name)
-    check_adapter_tensors({key: slot.saved_shape for key, slot in slots.items()}, tensors, source)
+    saved = _saved_tensors(model, name)
+    check_adapter_tensors({key: entry.saved_shape for key, entry in saved.items()}, tensors, source)
     staged: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for key, slot in slots.items():
+    for key, entry in saved.items():
         try:
-            converted = slot.import_(tensors[key])
+            converted = entry.import_(tensors[key])
         except ValueError as err:
             raise AdapterMismatchError(f"{source}: tensor {key!r}: {err}") from err
-        staged.append((slot.param, converted))
+        staged.append((entry.param, converted))
     for param, value in staged:
         param.copy_(value)

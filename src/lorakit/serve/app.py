@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
+from ..decode.sampling import row_seed
 from .engine import Engine, GenerationRow, QueueFull, RequestRejected
 from .registry import AdapterConflict, AdapterNotFound, AdapterRefused
 from .schemas import AdapterRequest, ClassifyRequest, CompletionRequest, UnloadRequest
@@ -218,7 +219,7 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None, ad
     app.add_middleware(_Guard, api_key=api_key or None, admin_token=admin_token or None)
     metrics = engine.metrics
     tokenizer = copy.deepcopy(engine.tokenizer)  # the tokenizing thread's own (the engine thread uses another)
-    metrics.gauge("lorakit_queue_rows", "Rows waiting for a batch slot.", engine.queued)
+    metrics.gauge("lorakit_queue_rows", "Rows waiting for a place in a batch.", engine.queued)
     metrics.gauge("lorakit_adapters_loaded", "Adapters attached to the model.", lambda: len(engine.loaded()))
 
     @app.middleware("http")
@@ -339,7 +340,7 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None, ad
             loop.call_soon_threadsafe(events.put_nowait, (kind, data))
 
         rows = [GenerationRow(adapter, prompt, max_tokens, body.temperature, body.top_p, list(body.stop or []), emit,
-                              index=i * body.n + c, seed=_row_seed(body.seed, i * body.n + c))
+                              index=i * body.n + c, seed=_row_seed(body.seed, i * body.n + c), top_k=body.top_k)
                 for i, prompt in enumerate(prompts) for c in range(body.n)]
         try:
             engine.generate(rows)
@@ -387,9 +388,9 @@ def _small(value: Any) -> bool:
 
 
 def _row_seed(seed: int | None, row: int) -> int | None:
-    """Row ``row``'s seed: ``seed + row`` as the unsigned 64-bit integer torch takes (torch wraps negative
-    seeds the same way, so every seed the schema accepts works and small seeds are unchanged)."""
-    return None if seed is None else (seed + row) % 2**64
+    """Row ``row``'s seed (prompt i, choice c: row i * n + c), derived as ``lorakit generate`` derives input
+    ``row``'s, so one prompt or a list gives the command line's text; any seed the schema accepts works."""
+    return None if seed is None else row_seed(seed, row)
 
 
 def _finite(value: float) -> float | None:
@@ -467,7 +468,7 @@ async def _collect(rows: list[GenerationRow], events: asyncio.Queue, reply: dict
     finally:
         if watcher is not None:
             watcher.cancel()
-        for row in rows:  # a cancelled or failed request frees its batch slots
+        for row in rows:  # a cancelled or failed request frees its places in the batch
             row.cancelled = True
     choices = [{"text": "".join(texts[i]), "index": i, "logprobs": None, "finish_reason": finish[i]}
                for i in sorted(texts)]

@@ -4,6 +4,8 @@ Why one thread: a forward pass cannot share the model with another one or with a
 so the engine thread alone runs the model; other threads only put work in (a bounded queue) and receive
 events. Generation is continuously batched: after every decoding step finished rows leave, and waiting
 requests are prefilled and join the running batch, each row routed to its own adapter (``RowRouting``).
+The batch and the sampler are ``lorakit generate``'s (``decode.batch.LiveBatch``, ``decode.sampling``), so a
+request gives the same tokens as the command line for the same prompt, seed and settings.
 An adapter that is not in memory is read on a loader thread while the batch keeps running; its requests
 join once it is attached.
 
@@ -19,7 +21,6 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-import os
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -31,16 +32,16 @@ import torch
 from torch import nn
 
 from ..decode.api import eos_ids
-from ..decode.cache import drop_front, growable, new_cache, select_rows, stack
-from ..decode.runner import CausalLM, left_pad
+from ..decode.batch import LiveBatch, take_token
+from ..decode.cache import growable, new_cache
+from ..decode.runner import CausalLM
+from ..decode.sampling import GREEDY, Sampling, is_sampled, row_generator
 from .metrics import Metrics
 from .pool import AdapterPool, PoolFull
 from .registry import AdapterRefused, AdapterRegistry, ReadAdapter
-from .sampling import StopText, choose, is_sampled
+from .stops import StopText
 
 log = logging.getLogger("lorakit.serve")
-
-SEED_SPAN = 2 ** 64  # torch generators take 64-bit seeds; larger (or negative) ones are taken modulo this
 
 
 class QueueFull(RuntimeError):
@@ -71,9 +72,10 @@ class GenerationRow:
     stops: list[str]
     emit: Emit  # ("text", {"index", "text"}) per piece; ("done", {"index", "finish_reason", "tokens"}) at the end
     index: int = 0
-    seed: int | None = None
+    seed: int | None = None  # this row's stream (``decode.sampling.row_seed``); None: drawn from the OS
+    top_k: int = 0
     tokens: list[int] = field(default_factory=list)
-    generator: torch.Generator | None = None
+    sampling: Sampling = GREEDY  # set when queued: the row's settings and generator
     stop_text: StopText | None = None
     cancelled: bool = False  # set by the client's side (it went away): the engine drops the row
     answered: bool = field(default=False, repr=False)  # "done" or "error" was emitted; nothing comes after
@@ -87,38 +89,6 @@ class ClassifyJob:
     token_type_ids: list[list[int]] | None
     future: Future
     holds_adapter: bool = field(default=False, repr=False)
-
-
-class _Live:
-    """The running generation batch: rows, KV cache, attention mask, positions and next-token logits."""
-
-    def __init__(self, lm: CausalLM, rows: list[GenerationRow], pad_id: int) -> None:
-        ids, self.mask = left_pad([r.prompt for r in rows], pad_id, lm.device)
-        headroom = max(r.max_tokens for r in rows)
-        self.logits, self.cache, self.positions = lm.prefill(ids, self.mask, headroom=headroom)
-        self.rows = rows
-        self.growable = growable(self.cache)
-
-    def keep(self, keep: list[int]) -> None:
-        self.rows = [self.rows[i] for i in keep]
-        if not keep:
-            return
-        index = torch.tensor(keep, dtype=torch.long, device=self.mask.device)
-        self.mask, self.positions, self.logits = self.mask[index], self.positions[index], self.logits[index]
-        select_rows(self.cache, index)
-        used = self.mask.any(dim=0)
-        lead = int(used.to(torch.int8).argmax()) if self.growable and bool(used.any()) else 0
-        if lead:
-            self.mask = self.mask[:, lead:]
-            drop_front(self.cache, lead)
-
-    def stack(self, other: _Live) -> None:
-        stack(self.cache, other.cache)
-        width = max(self.mask.shape[1], other.mask.shape[1])
-        self.mask = torch.cat([torch.nn.functional.pad(m, (width - m.shape[1], 0)) for m in (self.mask, other.mask)])
-        self.positions = torch.cat([self.positions, other.positions])
-        self.logits = torch.cat([self.logits, other.logits])
-        self.rows = self.rows + other.rows
 
 
 class Engine:
@@ -153,7 +123,7 @@ class Engine:
         self._reading: set[str] = set()
         self._ready: dict[str, ReadAdapter] = {}
         self._failed: dict[str, BaseException] = {}
-        self._live: _Live | None = None
+        self._live: LiveBatch[GenerationRow] | None = None
         self._load_futures: dict[str, list[Future]] = {}
         self._unload_futures: dict[str, list[Future]] = {}
         self._stop = False
@@ -181,7 +151,7 @@ class Engine:
         return None
 
     def loaded(self) -> list[str]:
-        return list(self.pool.slots)
+        return list(self.pool.loaded)
 
     def queued(self) -> int:
         with self._cond:
@@ -208,10 +178,8 @@ class Engine:
         for row in rows:
             self._check_prompt(row.prompt)
         for row in rows:
-            if is_sampled(row.temperature):  # below the floor: greedy (see ``sampling.GREEDY_BELOW``)
-                row.generator = torch.Generator(device=self.lm.device)
-                row.generator.manual_seed(row.seed % SEED_SPAN if row.seed is not None
-                                          else int.from_bytes(os.urandom(8), "little") >> 1)
+            if is_sampled(row.temperature):  # below the floor: greedy (see ``decode.sampling.GREEDY_BELOW``)
+                row.sampling = Sampling(row.temperature, row.top_k, row.top_p, row_generator(row.seed))
             row.stop_text = StopText(row.stops)
         self._put(list(rows))
 
@@ -250,10 +218,10 @@ class Engine:
 
         def command() -> None:
             if name in self.pool:
-                self.pool.slots[name].unload_requested = False
+                self.pool.loaded[name].unload_requested = False
                 for pending in self._unload_futures.pop(name, []):  # the load cancels them: it stays
                     _settle(pending, False)
-                _settle(future, self.pool.slots[name].labels)
+                _settle(future, self.pool.loaded[name].labels)
                 return
             self._request_read(name, future)
 
@@ -268,7 +236,7 @@ class Engine:
             if name not in self.pool:
                 _settle(future, False)
                 return
-            self.pool.slots[name].unload_requested = True
+            self.pool.loaded[name].unload_requested = True
             self._unload_futures.setdefault(name, []).append(future)
 
         self._command(command, future)
@@ -377,7 +345,7 @@ class Engine:
     def _attach_ready(self) -> None:
         for name, adapter in list(self._ready.items()):
             try:
-                slot = self.pool.attach(adapter)
+                loaded = self.pool.attach(adapter)
             except PoolFull:
                 continue  # retried after rows finish
             except Exception as err:  # refused, or failed (e.g. out of memory): its requests fail, others go on
@@ -389,11 +357,11 @@ class Engine:
                 continue
             del self._ready[name]
             self.metrics.adapter_loaded()
-            self._resolve_load(name, labels=slot.labels)
+            self._resolve_load(name, labels=loaded.labels)
 
     def _finish_unloads(self) -> None:
-        for name, slot in list(self.pool.slots.items()):
-            if slot.unload_requested and slot.refs == 0:
+        for name, loaded in list(self.pool.loaded.items()):
+            if loaded.unload_requested and loaded.refs == 0:
                 self.pool.detach(name)
                 self.metrics.adapter_unloaded()
         for name in [n for n in self._unload_futures if n not in self.pool]:  # unloaded (or evicted meanwhile)
@@ -415,7 +383,7 @@ class Engine:
             if name is not None and name in self._failed:
                 self._fail_item(item, self._failed[name])
                 continue
-            if name is not None and (name not in self.pool or self.pool.slots[name].unload_requested):
+            if name is not None and (name not in self.pool or self.pool.loaded[name].unload_requested):
                 if name not in self.pool and name not in self._reading and name not in self._ready:
                     self._request_read(name)
                 keep.append(item)
@@ -490,11 +458,10 @@ class Engine:
         if live is None or not live.rows:
             self._live = None
             return
-        tokens, broken = choose(live.logits, [r.temperature for r in live.rows], [r.top_p for r in live.rows],
-                                [r.generator for r in live.rows])
+        tokens, broken = live.choose()
         unusable = set(broken)
         keep: list[int] = []
-        for j, (row, token) in enumerate(zip(live.rows, tokens.tolist(), strict=True)):
+        for j, (row, token) in enumerate(zip(live.rows, tokens, strict=True)):
             if j in unusable and not row.cancelled:
                 self._fail_item(row, RuntimeError(
                     f"the model's next-token scores for this request are not finite (NaN or infinite) after "
@@ -512,25 +479,22 @@ class Engine:
                 continue
             self._finish_row(row, finish)
         self.metrics.generated(len(live.rows))
-        if len(keep) < len(live.rows):
-            live.keep(keep)
-            tokens = tokens[torch.tensor(keep, dtype=torch.long)] if keep else tokens[:0]
+        live.keep(keep)
         if not live.rows:
             self._live = None
             return
-        live.mask = torch.cat([live.mask, live.mask.new_ones(live.mask.shape[0], 1)], dim=1)
-        live.positions = live.positions + 1
-        self.pool.routing.set_rows([self.pool.slot_of(r.adapter) for r in live.rows])
-        live.logits = self.lm.step(tokens, live.cache, live.mask, live.positions)
+        self.pool.routing.set_rows([self.pool.routed_name(r.adapter) for r in live.rows])
+        live.step()
 
-    def _prefill(self, rows: list[GenerationRow]) -> list[_Live]:
+    def _prefill(self, rows: list[GenerationRow]) -> list[LiveBatch[GenerationRow]]:
         """Start ``rows`` (one batch when that works). If the prefill raises, smaller groups are tried, so the
         error reaches only the rows it belongs to (a row that fails alone); they get it, and their adapter back."""
         if not rows:
             return []
         try:
-            self.pool.routing.set_rows([self.pool.slot_of(r.adapter) for r in rows])
-            batch = _Live(self.lm, rows, self.pad_id)
+            self.pool.routing.set_rows([self.pool.routed_name(r.adapter) for r in rows])
+            batch = LiveBatch(self.lm, [r.prompt for r in rows], rows, [r.sampling for r in rows], self.pad_id,
+                              headroom=max(r.max_tokens for r in rows))
         except Exception as err:
             error = err
         else:
@@ -547,13 +511,13 @@ class Engine:
             self._fail_item(row, error)
         return []
 
-    def _join(self, batch: _Live) -> None:
+    def _join(self, batch: LiveBatch[GenerationRow]) -> None:
         """Make ``batch`` (just prefilled) part of the running one."""
         if self._live is None:
             self._live = batch
             return
         try:
-            self._live.stack(batch)
+            self._live = self._live.stack(batch)
         except Exception as err:  # the running cache may be half extended: neither batch can go on
             log.exception("engine: adding %d rows to the running batch failed", len(batch.rows))
             for row in batch.rows:
@@ -564,20 +528,19 @@ class Engine:
         """Take ``token`` into ``row``; the finish reason when the row is done."""
         if row.cancelled:
             return "cancelled"
-        if token in self.eos:
+        end = take_token(token, row.tokens, row.max_tokens, self.eos)  # EOS and max tokens as in ``generate``
+        if end == "stop":
             self._flush(row)
             return "stop"
-        row.tokens.append(token)
         text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
         piece, stopped = row.stop_text.update(text)
         if piece:
             self._emit(row, "text", {"index": row.index, "text": piece})
         if stopped:
             return "stop"
-        if len(row.tokens) >= row.max_tokens:
+        if end == "length":
             self._flush(row)
-            return "length"
-        return None
+        return end
 
     def _flush(self, row: GenerationRow) -> None:
         text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
@@ -599,7 +562,7 @@ class Engine:
             for job in jobs:
                 if not job.future.done():
                     try:
-                        labels = self.pool.slots[job.adapter].labels if job.adapter is not None else None
+                        labels = self.pool.loaded[job.adapter].labels if job.adapter is not None else None
                         _settle(job.future, (torch.stack(out[id(job)]).cpu(), labels))
                     except Exception as err:  # this job's own result: only it fails
                         log.exception("engine: classification result of one job failed")
@@ -648,14 +611,14 @@ class Engine:
             mask[k, :len(seq)] = 1
             if job.token_type_ids is not None:
                 types[k, :len(seq)] = torch.tensor(job.token_type_ids[i])
-        self.pool.routing.set_rows([self.pool.slot_of(job.adapter) for job, _ in rows])
+        self.pool.routing.set_rows([self.pool.routed_name(job.adapter) for job, _ in rows])
         kwargs = {"token_type_ids": types.to(device)} if has_types else {}
         logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs).logits.float()
         self.metrics.prefill(int(mask.sum()))
         base_width = getattr(self.model.config, "num_labels", logits.shape[-1])
         out = []
         for k, (job, _) in enumerate(rows):  # heads of other widths come back NaN-padded to the widest
-            width = (self.pool.slots[job.adapter].width if job.adapter is not None else None) or base_width
+            width = (self.pool.loaded[job.adapter].width if job.adapter is not None else None) or base_width
             out.append(logits[k, :width])
         return out
 

@@ -4,8 +4,9 @@ Only the engine thread changes this (attaching changes what the model computes, 
 during a forward pass); ``plan`` alone runs on the registry's loader threads, reading the model, so that
 nothing that depends on an adapter file's contents runs on the engine thread. Adapters go straight from
 their file's tensors into the per-row routing's banks (``lorakit.lora.routing``): no LoRA modules are
-created, so attaching one takes about a millisecond. They are routed under internal slot names, so a
-public name never reaches the model's module tree; an adapter in use by a running row is never evicted.
+created, so attaching one takes about a millisecond. They are routed under internal names (``s0``, ``s1``,
+...), so a public name never reaches the model's module tree; an adapter in use by a running row is never
+evicted.
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ class PoolFull(RuntimeError):
 
 
 @dataclass
-class Slot:
+class LoadedAdapter:
+    """An adapter attached to the model: its names, labels and how many running rows use it."""
+
     name: str  # public
-    slot: str  # inside the routing
+    routed: str  # its name inside the routing (never a public name)
     labels: list[str] | None
     width: int | None = None  # outputs of its classification head, when it brings one
     refs: int = 0
@@ -56,7 +59,7 @@ class AdapterPool:
         self.model = model
         self.max_loaded = max_loaded
         self.resize_heads = resize_heads
-        self.slots: OrderedDict[str, Slot] = OrderedDict()  # least recently used first
+        self.loaded: OrderedDict[str, LoadedAdapter] = OrderedDict()  # least recently used first
         self.routing = set_row_routing(model, RowRouting())
         self._ids = itertools.count()
         self._modules: list[tuple[str, nn.Module]] | None = None  # module paths, until modules get wrapped
@@ -64,29 +67,30 @@ class AdapterPool:
         self.evictions = 0
 
     def __contains__(self, name: str) -> bool:
-        return name in self.slots
+        return name in self.loaded
 
-    def slot_of(self, name: str | None) -> str | None:
-        return None if name is None else self.slots[name].slot
+    def routed_name(self, name: str | None) -> str | None:
+        """The name adapter ``name`` is routed under (``None``: the base), for ``routing.set_rows``."""
+        return None if name is None else self.loaded[name].routed
 
     def use(self, name: str | None) -> None:
         if name is not None:
-            self.slots[name].refs += 1
-            self.slots.move_to_end(name)
+            self.loaded[name].refs += 1
+            self.loaded.move_to_end(name)
 
     def release(self, name: str | None) -> None:
-        if name is not None and name in self.slots:
-            self.slots[name].refs -= 1
+        if name is not None and name in self.loaded:
+            self.loaded[name].refs -= 1
 
-    def attach(self, adapter: ReadAdapter) -> Slot:
+    def attach(self, adapter: ReadAdapter) -> LoadedAdapter:
         """Put ``adapter`` into the model (evicting the least recently used idle one if full). Raises
         ``PoolFull`` when all are busy, ``AdapterRefused`` when it does not fit this base (checked before
         anything changes: the model and the other adapters stay exactly as they were)."""
-        if adapter.name in self.slots:
-            return self.slots[adapter.name]
+        if adapter.name in self.loaded:
+            return self.loaded[adapter.name]
         idle = None
-        if len(self.slots) >= self.max_loaded:  # checked first: cheap, and a full pool is retried often
-            idle = next((n for n, s in self.slots.items() if s.refs == 0), None)
+        if len(self.loaded) >= self.max_loaded:  # checked first: cheap, and a full pool is retried often
+            idle = next((n for n, e in self.loaded.items() if e.refs == 0), None)
             if idle is None:
                 raise PoolFull(f"all {self.max_loaded} loaded adapters are in use")
         plan = adapter.plan if isinstance(adapter.plan, RoutedAdapter) and self._rebind(adapter.plan) else None
@@ -97,11 +101,11 @@ class AdapterPool:
         if idle is not None:  # only once the new adapter is known to fit
             self.detach(idle)
             self.evictions += 1
-        slot = f"s{next(self._ids)}"
-        if attach_routed(self.model, self.routing, slot, plan):
+        routed = f"s{next(self._ids)}"
+        if attach_routed(self.model, self.routing, routed, plan):
             self._modules = None  # new wrappers: paths now lead to them
-        entry = Slot(adapter.name, slot, adapter.labels, plan.head_width)
-        self.slots[adapter.name] = entry
+        entry = LoadedAdapter(adapter.name, routed, adapter.labels, plan.head_width)
+        self.loaded[adapter.name] = entry
         self.loads += 1
         return entry
 
@@ -153,5 +157,5 @@ class AdapterPool:
 
     def detach(self, name: str) -> None:
         """Remove adapter ``name`` from the model (its rows must be done)."""
-        entry = self.slots.pop(name)
-        detach_routed(self.model, self.routing, entry.slot)
+        entry = self.loaded.pop(name)
+        detach_routed(self.model, self.routing, entry.routed)

@@ -10,14 +10,27 @@ bits), and empty prompts or inputs.
 
 from __future__ import annotations
 
+import typing
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from .registry import MAX_PATH_CHARS
 
 MAX_STOPS = 4
+MAX_STOP_CHARS = 1000  # stop strings are matched on the engine thread after every token: keep that cheap
 MAX_INPUTS = 2048  # texts per /v1/classify request (OpenAI's limit for embeddings inputs)
+
+
+def _accepts_bool(annotation: Any) -> bool:
+    """Whether a field's type admits ``bool`` anywhere (``bool``, ``bool | None``, ``list[bool]``...)."""
+    return annotation is bool or any(_accepts_bool(arg) for arg in typing.get_args(annotation))
+
+
+def _has_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    return isinstance(value, (list, tuple)) and any(_has_bool(v) for v in value)
 
 
 def _invalid_unicode(value: Any) -> str | None:
@@ -43,6 +56,14 @@ class _Request(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_as_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """JSON ``true`` is not the number 1, though pydantic's lax mode would read it so."""
+        if _has_bool(value) and not _accepts_bool(cls.model_fields[info.field_name].annotation):
+            raise ValueError("expected a number or text, got a boolean")
+        return value
+
     @field_validator("*")
     @classmethod
     def _valid_unicode(cls, value: Any) -> Any:
@@ -65,6 +86,8 @@ class CompletionRequest(_Request):
     max_tokens: int | None = Field(16, ge=1, le=2**31 - 1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=-1, le=2**31 - 1, description="sample from the k most likely tokens only (an "
+                       "extra field, as vLLM's); 0 or -1: all tokens")
     n: int = Field(1, ge=1, le=16)
     stop: str | list[str] | None = None
     stream: bool = False
@@ -87,6 +110,11 @@ class CompletionRequest(_Request):
             raise ValueError("prompt is an empty list: send a text, a list of texts or token ids")
         return value
 
+    @field_validator("top_k")
+    @classmethod
+    def _top_k(cls, value: int) -> int:
+        return max(value, 0)  # vLLM's -1 for "off" is lorakit's 0
+
     @field_validator("stop")
     @classmethod
     def _stops(cls, value: str | list[str] | None) -> list[str]:
@@ -95,6 +123,9 @@ class CompletionRequest(_Request):
             raise ValueError(f"at most {MAX_STOPS} stop sequences, got {len(stops)}")
         if any(not s for s in stops):
             raise ValueError("stop sequences must not be empty")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"stop sequences are at most {MAX_STOP_CHARS} characters, got "
+                             f"{max(len(s) for s in stops)}")
         return stops
 
     @model_validator(mode="after")
