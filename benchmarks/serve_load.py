@@ -1,6 +1,6 @@
 """Load test of ``lorakit serve``: many clients, many adapters, adapters loaded and unloaded meanwhile.
 
-Starts the real server (``python -m lorakit.serve.cli``, i.e. ``lorakit serve``) as a subprocess on
+Starts the real server (``python -m lorakit serve``) as a subprocess on
 127.0.0.1 with SmolLM2-135M and --adapters random r=4/r=8 q,v adapters (non-zero B), then:
 
 1. sequential: one client, --sequential requests one at a time (requests/s baseline);
@@ -102,7 +102,7 @@ def main() -> None:
     names = make_adapters(folder, args.adapters, args.model)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "lorakit.serve.cli", "--model", args.model, "--adapters", str(folder),
+    command = [sys.executable, "-m", "lorakit", "serve", "--model", args.model, "--adapters", str(folder),
                "--max-loaded", str(args.max_loaded), "--max-batch", str(args.clients), "--port", str(port)]
     server = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, shared_data_dir
 
+from lorakit.cli import main as lorakit_main
 from lorakit.data import Example
 from lorakit.metrics import (
     E2E_METRICS,
@@ -29,7 +30,6 @@ from lorakit.metrics import (
     webnlg_scores_by_category,
 )
 from lorakit.metrics.cli import add_metrics_parser
-from lorakit.metrics.cli import main as metrics_main
 from lorakit.metrics.coco import java
 
 CHECK = shared_data_dir() / "e2e" / "scorer-check" if shared_data_dir() else None
@@ -110,7 +110,7 @@ def test_missing_java_cli_reports_meteor_as_missing(small_files: tuple[Path, Pat
     refs, hyp = small_files
     env = {k: v for k, v in os.environ.items() if k not in ("JAVA_HOME", "PYTHONPATH")}
     env.update(PATH=str(tmp_path), PYTHONPATH=str(REPO / "src"))  # tmp_path holds no java
-    done = subprocess.run([sys.executable, "-m", "lorakit.metrics.cli", "e2e", "--refs", str(refs), "--hyp", str(hyp),
+    done = subprocess.run([sys.executable, "-m", "lorakit", "metrics", "e2e", "--refs", str(refs), "--hyp", str(hyp),
                            "--json"], capture_output=True, text=True, env=env, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     scores = json.loads(done.stdout)
@@ -192,7 +192,7 @@ def test_cli_reports_file_errors(small_files: tuple[Path, Path], tmp_path: Path,
     refs, _ = small_files
     short = tmp_path / "short.txt"
     short.write_text("only one line\n", encoding="utf-8")
-    assert metrics_main(["e2e", "--refs", str(refs), "--hyp", str(short)]) == 2
+    assert lorakit_main(["metrics", "e2e", "--refs", str(refs), "--hyp", str(short)]) == 2
     assert "short.txt: 1 hypothesis lines, but the references have 3 inputs" in capsys.readouterr().err
 
 
@@ -216,7 +216,7 @@ def test_webnlg_scores_seen_unseen_all(meteor) -> None:
 def test_cli_webnlg_table_without_java(small_files: tuple[Path, Path], tmp_path: Path, monkeypatch, capsys) -> None:
     refs, hyp = small_files
     monkeypatch.setenv("PATH", str(tmp_path))  # no java there: METEOR shows as missing, the rest is scored
-    assert metrics_main(["dart", "--refs", str(refs), "--hyp", str(hyp)]) == 0
+    assert lorakit_main(["metrics", "dart", "--refs", str(refs), "--hyp", str(hyp)]) == 0
     out, err = capsys.readouterr()
     assert out.splitlines()[2:] == ["BLEU: 100.0000", "METEOR: n/a (java not found)", "TER: 0.0000"]
     assert "lorakit metrics: warning: java not found" in err
@@ -225,7 +225,6 @@ def test_cli_webnlg_table_without_java(small_files: tuple[Path, Path], tmp_path:
 def test_evaluate_scores_a_split_by_its_own_references(tmp_path: Path, capsys) -> None:
     from train_fixtures import write_e2e
 
-    from lorakit.cli import main as lorakit_main
     from lorakit.data import load_e2e
     from lorakit.metrics import evaluate_predictions
 

@@ -123,13 +123,3 @@ def add_metrics_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         sub.set_defaults(func=_run, benchmark=name)
     return metrics
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m lorakit.metrics.cli e2e ...``: the same as ``lorakit metrics e2e ...``."""
-    from ..cli import main as lorakit_main
-
-    return lorakit_main(["metrics", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -101,13 +101,3 @@ def _loopback(host: str) -> bool:
     except ValueError:
         return False
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m lorakit.serve.cli ...``: the same as ``lorakit serve ...``."""
-    from ..cli import main as lorakit_main
-
-    return lorakit_main(["serve", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
