@@ -373,11 +373,11 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None, ad
             [x[1] for x in inputs] if all(not isinstance(x, str) for x in inputs) else None,
             truncation=True, max_length=limit))
         try:
-            probs, labels = await asyncio.wrap_future(engine.classify(adapter, encoded["input_ids"],
-                                                                      encoded.get("token_type_ids")))
+            logits, labels = await asyncio.wrap_future(engine.classify(adapter, encoded["input_ids"],
+                                                                       encoded.get("token_type_ids")))
         except Exception as err:
             raise api_error(err) from err
-        return _classification(body.model, probs, labels, engine)
+        return _classification(body.model, logits, labels, engine)
 
     return app
 

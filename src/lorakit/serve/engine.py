@@ -196,7 +196,8 @@ class Engine:
 
     def classify(self, adapter: str | None, encodings: list[list[int]],
                  token_type_ids: list[list[int]] | None = None) -> Future:
-        """Queue inputs for a classification adapter; the future gives (probabilities rows x labels, labels)."""
+        """Queue inputs for a classification adapter; the future gives (logits rows x labels, labels): the head's
+        raw outputs, since a one-output (regression) head has no probabilities."""
         if not self.classifier:
             raise ValueError("the served base model generates text: use /v1/completions")
         if not encodings:
