@@ -13,9 +13,7 @@ other rounding, which could flip a near tie.
 
 from __future__ import annotations
 
-import contextlib
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import torch
+from engine_fixtures import deadline_poll, paused
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import lorakit
@@ -130,22 +129,6 @@ def check_server_reply(world: dict[str, Any], response: httpx.Response, ids: lis
     assert usage["prompt_tokens"] == sum(len(p) for p in world["encoded"])
 
 
-@contextlib.contextmanager
-def paused(engine) -> Iterator[None]:
-    """Hold the engine thread until the block ends: requests sent meanwhile start as one batch."""
-    entered, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        entered.set()
-        release.wait(TIMEOUT)
-
-    engine._command(hold)
-    assert entered.wait(10), "the engine thread did not pick up the pause"
-    try:
-        yield
-    finally:
-        release.set()
-
 
 def post_in_thread(url: str, out: dict[str, Any], key: str, **body: Any) -> threading.Thread:
     def run() -> None:
@@ -158,12 +141,6 @@ def post_in_thread(url: str, out: dict[str, Any], key: str, **body: Any) -> thre
     thread.start()
     return thread
 
-
-def wait_until(condition, what: str, seconds: float = 10.0) -> None:
-    end = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.005)
 
 
 @pytest.mark.parametrize("setting", sorted(SETTINGS))
@@ -191,8 +168,8 @@ def test_server_tokens_do_not_depend_on_what_shares_the_batch(world) -> None:
     out: dict[str, Any] = {}
     threads = [post_in_thread(url, out, "running", model="all8", prompt="A long one", max_tokens=100,
                               temperature=0.7, seed=9)]
-    wait_until(lambda: engine._live is not None, "the first row to run")
-    with paused(engine):
+    deadline_poll(lambda: engine._live is not None, what="the first row to run")
+    with paused(engine, TIMEOUT):
         assert engine._live is not None  # still running: the rows below are stacked onto it
         for name in ("greedy", "sampled"):
             threads.append(post_in_thread(url, out, name, prompt=list(PROMPTS), **SETTINGS[name][2]))
@@ -200,7 +177,7 @@ def test_server_tokens_do_not_depend_on_what_shares_the_batch(world) -> None:
                     post_in_thread(url, out, "all8", model="all8", prompt=list(PROMPTS[:2]), temperature=0),
                     post_in_thread(url, out, "other-k", prompt=PROMPTS[2], temperature=1.9, top_k=5, top_p=0.5,
                                    seed=1234)]
-        wait_until(lambda: engine.queued() == 11, "11 rows queued")  # more than max_batch: some join later
+        deadline_poll(lambda: engine.queued() == 11, what="11 rows queued")  # more than max_batch: some join later
     for thread in threads:
         thread.join(TIMEOUT + 5)
     for name, ids in expected.items():

@@ -11,17 +11,16 @@ queued, then taken into one batch together once it is released.
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
 
 import httpx
 import pytest
 import torch
+from engine_fixtures import deadline_poll, paused
 from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
 import lorakit
@@ -43,31 +42,6 @@ def tiny_llama(vocab: int = ROWS, context: int = 512) -> LlamaForCausalLM:
                          bos_token_id=special, eos_token_id=special, pad_token_id=special)
     return LlamaForCausalLM(config).eval()
 
-
-def deadline_poll(condition: Callable[[], bool], seconds: float = 10.0, what: str = "condition") -> None:
-    """Wait until ``condition()`` holds, at most ``seconds`` (polling, not sleeping for a guessed time)."""
-    end = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {seconds} s waiting for: {what}")
-        time.sleep(0.005)
-
-
-@contextlib.contextmanager
-def paused(engine: Engine) -> Iterator[None]:
-    """Hold the engine thread (a command that waits) until the block ends; what is sent meanwhile queues."""
-    entered, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        entered.set()
-        release.wait(30)
-
-    engine._command(hold)
-    assert entered.wait(10), "the engine thread did not pick up the pause"
-    try:
-        yield
-    finally:
-        release.set()
 
 
 class Calls:
