@@ -43,13 +43,12 @@ def _train(args: argparse.Namespace) -> int:
             from .samples import reload_and_merge, show_generations
 
             try:
-                model = trainer.model
+                model, examples = trainer.model, task.examples("dev", config.data)[:config.samples]
                 if not config.full_finetune:  # what a user does next: a fresh base + the saved adapter, merged
-                    probe = task.prompt(task.examples("dev", config.data)[0].source)
                     model = reload_and_merge(trainer.model, trainer.tokenizer, config.model, trainer.result_dir(),
-                                             config.task, probe)
+                                             config.task, task.prompt(examples[0].source))
                 print(f"\ngreedy generations on {config.task} dev:")
-                show_generations(model, trainer.tokenizer, task, config.data, config.samples)
+                show_generations(model, trainer.tokenizer, task, examples)
             except (OSError, ValueError) as err:  # the run itself succeeded and is saved
                 print(f"  (no dev generations: {err})")
     return 0

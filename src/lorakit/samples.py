@@ -28,9 +28,10 @@ def reload_and_merge(trained: nn.Module, tokenizer, model_name: str, adapter_dir
     """A fresh ``model_name`` with the adapter read from ``adapter_dir``, merged; prints how far its logits
     are from the trained model's on ``probe`` (before and after the merge)."""
     base, _ = load_model(model_name)
-    base.to(next(trained.parameters()).device).eval()
+    device = next(trained.parameters()).device
+    base.to(device).eval()
     load_adapter(base, adapter_dir, name=adapter_name)
-    batch = {k: v.to(next(base.parameters()).device) for k, v in tokenizer([probe], return_tensors="pt").items()}
+    batch = {k: v.to(device) for k, v in tokenizer([probe], return_tensors="pt").items()}
     was_training = trained.training
     reference = _logits(trained.eval(), batch)
     trained.train(was_training)
@@ -42,8 +43,7 @@ def reload_and_merge(trained: nn.Module, tokenizer, model_name: str, adapter_dir
     return base
 
 
-def show_generations(model: nn.Module, tokenizer, task, data: str | None, count: int = 3) -> list[str]:
-    examples = task.examples("dev", data)[:count]
+def show_generations(model: nn.Module, tokenizer, task, examples: list) -> list[str]:
     texts = generate(model, tokenizer, [task.prompt(ex.source) for ex in examples], preset("greedy"),
                      progress=False)
     for ex, text in zip(examples, texts, strict=True):

@@ -21,9 +21,6 @@ from ..lora.layers import FusedLinear
 from ..lora.model import adapter_config, lora_layers
 from ..lora.state import AdapterFormatError
 
-# PEFT features lorakit does not implement: an adapter using them cannot load exactly, so it must not load.
-UNSUPPORTED = ("use_dora", "layers_to_transform", "layer_replication", "target_parameters",
-               "trainable_token_indices", "lora_bias", "use_qalora", "alora_invocation_tokens", "use_bdlora")
 FIELDS = ("r", "lora_alpha", "lora_dropout", "target_modules", "exclude_modules", "bias", "modules_to_save",
           "use_rslora", "init_lora_weights", "rank_pattern", "alpha_pattern", "task_type",
           "base_model_name_or_path")
@@ -37,12 +34,14 @@ IGNORED: dict[str, tuple[type, ...]] = {
     "lora_ga_config": (dict,), "velora_config": (dict,), "monteclora_config": (dict,), "runtime_config": (dict,),
     "arrow_config": (dict,), "kasa_config": (dict,), "qalora_group_size": (int,), "ensure_weight_tying": (bool,),
 }
-# and the types of the UNSUPPORTED ones, so "use_dora": "no" is called a wrong type, not a feature in use
+# PEFT features lorakit does not implement (an adapter using them cannot load exactly, so it must not load),
+# with their types, so "use_dora": "no" is called a wrong type, not a feature in use
 UNSUPPORTED_TYPES: dict[str, tuple[type, ...]] = {
-    "use_dora": (bool,), "use_qalora": (bool,), "lora_bias": (bool,), "layers_to_transform": (list, int),
-    "layer_replication": (list,), "target_parameters": (list,), "trainable_token_indices": (list, dict),
-    "alora_invocation_tokens": (list,), "use_bdlora": (dict,),
+    "use_dora": (bool,), "layers_to_transform": (list, int), "layer_replication": (list,),
+    "target_parameters": (list,), "trainable_token_indices": (list, dict), "lora_bias": (bool,),
+    "use_qalora": (bool,), "alora_invocation_tokens": (list,), "use_bdlora": (dict,),
 }
+UNSUPPORTED = tuple(UNSUPPORTED_TYPES)  # checked in this order: the first one in use is the one named
 _TYPE_NAMES = {str: "a string", bool: "true or false", dict: "an object", list: "a list", int: "an integer"}
 HEADER_FIELDS = {"format_version": (int,), "model_type": (str,)}  # plus fused_modules, rank/alpha_pattern
 

@@ -55,14 +55,14 @@ def check_messages(messages: Any, *, require_assistant: bool = True, generation:
     conversation must end with a user turn (what ``render_generation_prompt`` continues).
     """
     if not isinstance(messages, list):
-        raise MessageError(key, f"expected a list of messages, got {_type_name(messages)}")
+        raise MessageError(key, f"expected a list of messages, got {type_name(messages)}")
     if not messages:
         raise MessageError(key, "empty conversation")
     checked: list[Message] = []
     for i, message in enumerate(messages):
         where = f"{key}[{i}]"
         if not isinstance(message, Mapping):
-            raise MessageError(where, f"expected an object with role and content, got {_type_name(message)}")
+            raise MessageError(where, f"expected an object with role and content, got {type_name(message)}")
         for field in ("role", "content"):
             if field not in message:
                 raise MessageError(f"{where}.{field}", f"missing (message keys: {', '.join(map(str, message))})")
@@ -70,7 +70,7 @@ def check_messages(messages: Any, *, require_assistant: bool = True, generation:
         if not isinstance(role, str) or role not in ROLES:
             raise MessageError(f"{where}.role", f"role {role!r} is not one of {', '.join(ROLES)}")
         if not isinstance(content, str):
-            raise MessageError(f"{where}.content", f"content must be a string, got {_type_name(content)}")
+            raise MessageError(f"{where}.content", f"content must be a string, got {type_name(content)}")
         if role == "assistant" and not content.strip():
             raise MessageError(f"{where}.content", "empty assistant content")
         checked.append({"role": role, "content": content})
@@ -82,7 +82,7 @@ def check_messages(messages: Any, *, require_assistant: bool = True, generation:
     return checked
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 

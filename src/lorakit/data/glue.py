@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .common import DataFormatError, data_root, read_text, split_lines
+from .common import DataFormatError, data_root, read_lines
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def load_glue(task: str, split: str, root: str | os.PathLike | None = None) -> l
 
 
 def read_glue_tsv(spec: GlueSpec, path: Path, labelled: bool = True) -> list[GlueExample]:
-    lines = split_lines(read_text(path))  # MRPC ships with a byte-order mark, which read_text drops
+    lines = read_lines(path)  # MRPC ships with a byte-order mark, which read_text drops
     header_less = labelled and not spec.header
     start = 0 if header_less else 1
     if not lines:

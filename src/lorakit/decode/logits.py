@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-NEG_INF = float("-inf")
+from .sampling import NEG_INF
 
 
 class NGramBlocker:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..data.user.load import INTEGER_TEXT as _INT
 from .files import MetricsFileError, MetricsWarning, read_hypotheses
 from .labels import read_label_names
 
@@ -56,7 +56,6 @@ def write_references(task: str, split: str, path: str | os.PathLike[str],
 TEXT_METRICS = ("BLEU", "ROUGE_L", "exact_match")
 CLASSIFICATION_METRICS = ("accuracy", "macro_f1", "matthews")
 REGRESSION_METRICS = ("pearson", "spearman")
-_INT = re.compile(r"[+-]?\d+")
 
 
 def evaluate_user_predictions(predictions: str | os.PathLike[str], data: str | os.PathLike[str], *,

@@ -175,8 +175,8 @@ class Engine:
         """Queue the rows of one request (all or none); results arrive through each row's ``emit``."""
         if self.classifier:
             raise ValueError("the served base model is a classifier: use /v1/classify")
-        for row in rows:
-            self._check_prompt(row.prompt)
+        for prompt in {id(r.prompt): r.prompt for r in rows}.values():  # n choices share their prompt
+            self._check_prompt(prompt)
         for row in rows:
             if is_sampled(row.temperature):  # below the floor: greedy (see ``decode.sampling.GREEDY_BELOW``)
                 row.sampling = Sampling(row.temperature, row.top_k, row.top_p, row_generator(row.seed))
@@ -540,11 +540,12 @@ class Engine:
         if stopped:
             return "stop"
         if end == "length":
-            self._flush(row)
+            self._flush(row, text)
         return end
 
-    def _flush(self, row: GenerationRow) -> None:
-        text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+    def _flush(self, row: GenerationRow, text: str | None = None) -> None:
+        if text is None:
+            text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
         piece = row.stop_text.finish(text)
         if piece:
             self._emit(row, "text", {"index": row.index, "text": piece})

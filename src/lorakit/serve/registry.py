@@ -21,10 +21,10 @@ import torch
 
 from ..adapters.io import CONFIG_NAME, LEGACY_WEIGHTS_NAME, WEIGHTS_NAME, read_adapter
 from ..lora.config import LoraConfig
+from ..metrics.labels import LABELS_NAME
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # always fullmatch: "$" would accept "name\n"
 MAX_PATH_CHARS = 1024
-LABELS_NAME = "labels.json"
 ADAPTER_FILES = (CONFIG_NAME, WEIGHTS_NAME, LEGACY_WEIGHTS_NAME, LABELS_NAME)  # every file a read opens
 
 

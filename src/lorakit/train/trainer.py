@@ -313,10 +313,12 @@ class Trainer:
         """Whether the time budget is used up; every process agrees (rank 0's clock decides)."""
         if self.config.time_budget is None:
             return False
-        spent = torch.tensor(float(self.clock() - started >= self.config.time_budget), device=self.device)
-        if self.procs.world_size > 1:
-            dist.broadcast(spent, src=0)
-        return bool(spent.item())
+        spent = self.clock() - started >= self.config.time_budget
+        if self.procs.world_size == 1:
+            return spent
+        flag = torch.tensor(float(spent), device=self.device)
+        dist.broadcast(flag, src=0)
+        return bool(flag.item())
 
     def finished_before(self, start_step: int) -> bool:
         """A resumed run that had already trained every step and saved its result (not one that a time

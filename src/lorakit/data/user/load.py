@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..chat import MessageError, check_messages
+from ..chat import MessageError, check_messages, type_name
 from .formats import (
     FORMATS,
     OPTIONAL_KEYS,
@@ -24,7 +24,7 @@ from .formats import (
     normalize_format,
     parse_columns,
 )
-from .tables import _read_table, _Table, _type
+from .tables import _read_table, _Table
 
 
 @dataclass
@@ -125,7 +125,7 @@ def _validate(data: UserData, table: _Table, mapping: Mapping[str, str], require
             if value is None and optional:
                 continue
             if not isinstance(value, str):
-                fail(i, key, f"{what} must be a string, got {_type(value)}")
+                fail(i, key, f"{what} must be a string, got {type_name(value)}")
             if nonempty and not value.strip():
                 fail(i, key, f"empty {what}")
 
@@ -157,7 +157,7 @@ def _validate(data: UserData, table: _Table, mapping: Mapping[str, str], require
                                                              optional=not require_targets)
 
 
-_INT = re.compile(r"[+-]?\d+")
+INTEGER_TEXT = re.compile(r"[+-]?\d+")  # a label (or prediction) written as a class id
 
 
 def _labels(data: UserData, table: _Table, key: str, optional: bool) -> tuple[list[Any], str]:
@@ -171,7 +171,7 @@ def _labels(data: UserData, table: _Table, key: str, optional: bool) -> tuple[li
             continue
         value, kind = _label_value(raw, table.strings)
         if kind == "bad":
-            raise UserDataError(f"label must be a string, an integer or a number, got {_type(raw)}",
+            raise UserDataError(f"label must be a string, an integer or a number, got {type_name(raw)}",
                                 data.path, data.where(i), key)
         if kind == "str" and not value:
             raise UserDataError("empty label", data.path, data.where(i), key)
@@ -203,7 +203,7 @@ def _label_value(raw: Any, strings: bool) -> tuple[Any, str]:
     if isinstance(raw, str):
         value = raw.strip()
         if strings:  # CSV: "1" is an integer class, "0.75" a regression score
-            if _INT.fullmatch(value):
+            if INTEGER_TEXT.fullmatch(value):
                 return int(value), "int"
             try:
                 number = float(value)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ...models.registry import download_allowed
+from ..chat import type_name
 from ..common import read_text, split_lines
 from .formats import UserDataError
 
@@ -74,7 +75,7 @@ def _read_json(path: Path, kind: str) -> _Table:
             raise UserDataError(f"malformed JSON: {err.msg} (column {err.colno})", path, f"line {err.lineno}") from None
         for i, item in enumerate(items):
             if not isinstance(item, dict):
-                raise UserDataError(f"expected a JSON object, got {_type(item)}", path, f"item {i + 1}")
+                raise UserDataError(f"expected a JSON object, got {type_name(item)}", path, f"item {i + 1}")
         return _Table(str(path), list(items[0]) if items else [], "item", rows=items)
     lines = split_lines(text)  # "\n" only: never str.splitlines
     numbers = [n for n, line in enumerate(lines, start=1) if line.strip()]
@@ -91,7 +92,7 @@ def _read_json(path: Path, kind: str) -> _Table:
         except json.JSONDecodeError as err:
             raise UserDataError(f"malformed JSON: {err.msg} (column {err.colno})", path, f"line {number}") from None
         if not isinstance(row, dict):
-            raise UserDataError(f"expected a JSON object, got {_type(row)}", path, f"line {number}")
+            raise UserDataError(f"expected a JSON object, got {type_name(row)}", path, f"line {number}")
         rows.append(row)
     return _Table(str(path), list(rows[0]) if rows else [], "line", rows=rows, numbers=numbers)
 
@@ -146,5 +147,3 @@ def _read_hub(name: str) -> _Table:
     return _Table(name, list(columns), "row", columns=columns)
 
 
-def _type(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
