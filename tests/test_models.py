@@ -116,7 +116,7 @@ def test_interrupted_write_leaves_no_cache(tmp_path: Path) -> None:
 
 
 def test_minilm_loads_as_sequence_classifier() -> None:
-    model, tokenizer = load_model("minilm-l6", task="sequence-classification", num_labels=3)
+    model, tokenizer = load_model("minilm-l6", kind="sequence-classification", num_labels=3)
     batch = tokenizer(["a short one", "a somewhat longer second sentence"], padding=True, return_tensors="pt")
     with torch.no_grad():
         logits = model(**batch).logits
@@ -125,11 +125,11 @@ def test_minilm_loads_as_sequence_classifier() -> None:
     assert model.config.model_type == "bert"
 
 
-def test_task_is_checked_before_loading() -> None:
+def test_kind_is_checked_before_loading() -> None:
     with pytest.raises(ValueError, match="sequence-classification"):
-        load_model("minilm-l6", task="causal-lm")
-    with pytest.raises(ValueError, match="task must be one of"):
-        load_model("minilm-l6", task="translation")  # type: ignore[arg-type]
+        load_model("minilm-l6", kind="causal-lm")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        load_model("minilm-l6", kind="translation")  # type: ignore[arg-type]
 
 
 def _fake_hub_cache(cache: Path, repo_id: str) -> Path:
@@ -150,7 +150,7 @@ def test_cached_hub_id_loads_without_network(tmp_path: Path, monkeypatch: pytest
     monkeypatch.delenv("LORAKIT_ALLOW_DOWNLOAD", raising=False)
     _fake_hub_cache(tmp_path, "openai-community/gpt2")
     start = time.perf_counter()
-    model, tokenizer = load_model("gpt2", task="sequence-classification", num_labels=2, cache_dir=tmp_path)
+    model, tokenizer = load_model("gpt2", kind="sequence-classification", num_labels=2, cache_dir=tmp_path)
     assert time.perf_counter() - start < 10
     assert model.config.n_layer == 2
     assert tokenizer.pad_token == tokenizer.eos_token == "<|endoftext|>"

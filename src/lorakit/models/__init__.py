@@ -15,12 +15,12 @@ from .convert import CACHE_MARKER, convert_smollm2, smollm2_cache_dir
 from .convert import _write_atomically as _write_atomically  # re-exported for tests/test_models.py
 from .load import ResolvedModel, load_model, load_tokenizer, resolve_model
 from .registry import (
+    MODEL_KINDS,
     MODELS,
     SMOLLM2_GGUF,
-    TASKS,
     ModelInfo,
+    ModelKind,
     ModelNotFoundError,
-    Task,
     download_allowed,
     list_models,
     lorakit_home,
@@ -30,12 +30,12 @@ from .tokenizer import gpt2_tokenizer
 __all__ = [
     "CACHE_MARKER",
     "MODELS",
+    "MODEL_KINDS",
     "SMOLLM2_GGUF",
-    "TASKS",
     "ModelInfo",
+    "ModelKind",
     "ModelNotFoundError",
     "ResolvedModel",
-    "Task",
     "convert_smollm2",
     "download_allowed",
     "gpt2_tokenizer",

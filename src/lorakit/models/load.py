@@ -30,11 +30,11 @@ from .convert import convert_smollm2
 from .registry import (
     MINILM_INSTALL,
     MINILM_PACKAGE,
+    MODEL_KINDS,
     MODELS,
-    TASKS,
     ModelInfo,
+    ModelKind,
     ModelNotFoundError,
-    Task,
     download_allowed,
     package_file,
 )
@@ -175,18 +175,18 @@ def load_tokenizer(name_or_path: str | ResolvedModel, *, padding_side: Literal["
     return finish_tokenizer(tokenizer, padding_side)
 
 
-def _check_task(name: str, task: str) -> None:
-    """Fail before any loading or conversion when a short name cannot serve the task."""
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+def _check_kind(name: str, kind: str) -> None:
+    """Fail before any loading or conversion when a short name cannot have this head."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"kind must be one of {MODEL_KINDS}, got {kind!r}")
     info = MODELS.get(name)
-    if info is not None and task not in info.tasks:
-        raise ValueError(f"{name} supports {', '.join(info.tasks)}, not {task}")
+    if info is not None and kind not in info.kinds:
+        raise ValueError(f"{name} supports {', '.join(info.kinds)}, not {kind}")
 
 
 def load_model(
     name_or_path: str,
-    task: Task = "causal-lm",
+    kind: ModelKind = "causal-lm",
     *,
     num_labels: int | None = None,
     dtype: torch.dtype = torch.float32,
@@ -195,15 +195,15 @@ def load_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load ``(model, tokenizer)`` for a short name (see ``MODELS``), a local folder or a hub id, offline.
 
-    ``task`` picks the head: ``causal-lm`` or ``sequence-classification`` (a new head with ``num_labels``
+    ``kind`` picks the head: ``causal-lm`` or ``sequence-classification`` (a new head with ``num_labels``
     outputs). Extra keywords go to the model's ``from_pretrained``; ``cache_dir``, ``revision`` and ``token``
     also to the tokenizer's. The model's ``pad_token_id`` is set from the tokenizer when missing, so batched
     classification and ``generate`` work for GPT-2-style models. Raises ``ModelNotFoundError`` when the
     model is not available offline (and downloads are not allowed).
     """
-    _check_task(name_or_path, task)
+    _check_kind(name_or_path, kind)
     resolved = resolve_model(name_or_path, cache_dir=kw.get("cache_dir"))
-    loader = (AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification).from_pretrained
+    loader = (AutoModelForCausalLM if kind == "causal-lm" else AutoModelForSequenceClassification).from_pretrained
     # a new head of num_labels outputs replaces whatever head a folder was saved with (a new task)
     head = {"num_labels": num_labels, "ignore_mismatched_sizes": True} if num_labels is not None else {}
     model = _from_pretrained(loader, resolved, is_model=True, **dtype_kwargs(dtype), **head, **kw)

