@@ -41,6 +41,9 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespac
     leftover.mkdir()
     (leftover / "model.safetensors").write_bytes(b"junk")
     (leftover / CACHE_MARKER).write_text("{}")
+    killed = cache.parent / ".smollm2-135m.partial-killed"  # the same debris under today's staging prefix
+    killed.mkdir()
+    (killed / "model.safetensors").write_bytes(b"junk")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LORAKIT_HOME", str(home))
         mp.delenv("LORAKIT_ALLOW_DOWNLOAD", raising=False)
@@ -62,7 +65,8 @@ def test_smollm2_conversion_replaces_a_partial_cache(smollm2: SimpleNamespace) -
     assert json.loads((cache / "config.json").read_text())["vocab_size"] == 49152
     assert "quantization_config" not in json.loads((cache / "config.json").read_text())
     assert (cache / "tokenizer.json").is_file()
-    # Our own temp folder was moved into place; the killed one is ignored (too recent to be cleaned up).
+    # Our own staging folder was moved into place and the killed one removed (its process is gone); the
+    # killed one an earlier lorakit (no lock) left is ignored (too recent to be cleaned up).
     assert sorted(p.name for p in cache.parent.iterdir()) == [smollm2.leftover.name, cache.name]
 
 

@@ -1,10 +1,19 @@
-"""Writing files so that readers never see half of one: written aside, flushed, then renamed into place."""
+"""Writing files and folders so that readers never see half of one: written aside, flushed, then renamed
+into place.
+
+The one implementation of "build aside, then rename" for the package: ``atomic_file`` / ``atomic_write`` for
+one file, ``atomic_folder`` for a folder (adapters, converted models, the tokenized-data cache, training
+results), ``recover_folder`` for what a killed ``atomic_folder`` left behind. Checkpoints keep their own
+staging because every process of a ``torchrun`` writes into one (see ``train.checkpoint``).
+"""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,22 +30,92 @@ def umask() -> int:
     return mask
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
-    """Replace ``path`` with ``data`` in one step, with the permissions a plain ``open`` would give."""
+@contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary file beside ``path``; when the ``with`` block succeeds it is flushed to disk,
+    given the permissions a plain ``open`` would give and renamed onto ``path``; on an error it is removed
+    and ``path`` is untouched. The caller writes (and may check) the temporary file however it likes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the data reaches the disk before the name does
+        finally:
+            os.close(fd)
         os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes it private
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
+    """Replace ``path`` with ``data`` in one step, with the permissions a plain ``open`` would give."""
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+    return Path(path)
+
+
+_held = threading.local()  # the lock files this thread holds: a nested folder_lock on one of them is a no-op
+
+
+def _lock_path(dest: Path) -> Path:
+    return dest.parent / f".{dest.name}.lock"
+
+
+@contextmanager
+def folder_lock(dest: str | os.PathLike) -> Iterator[None]:
+    """Hold the exclusive right to build or recover ``dest`` (a ``flock`` on ``.<name>.lock`` beside it).
+
+    Why: two processes building one folder at once (two runs converting the model cache on first use, two
+    test workers) must not take each other's staging folder for a dead process's leftovers. The kernel
+    drops the lock when its holder dies, so whoever holds it knows every staging folder beside ``dest`` is
+    a dead one's. Held by a thread, it is re-entered without waiting (``atomic_folder`` inside
+    ``folder_lock`` to check ``dest`` and build it in one turn). The lock file is removed on release, so
+    nothing stays beside ``dest``; a waiter that then finds its file unlinked tries again on the new one.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    path = _lock_path(dest)
+    key = os.path.abspath(path)
+    held: set[str] | None = getattr(_held, "paths", None)
+    if held is None:
+        held = _held.paths = set()
+    if key in held:
+        yield
+        return
+    fd = _acquire(path)
+    held.add(key)
+    try:
+        yield
+    finally:
+        held.discard(key)
+        path.unlink(missing_ok=True)  # while still locked: a waiter on this file sees it gone and retries
+        os.close(fd)
+
+
+def _acquire(path: Path) -> int:
+    """An open descriptor holding ``flock(LOCK_EX)`` on the file that is at ``path`` now."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            mine = os.fstat(fd)
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:  # its holder removed it on release
+                now = None
+        except BaseException:
+            os.close(fd)
+            raise
+        if now is not None and (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+            return fd
+        os.close(fd)
 
 
 @contextmanager
@@ -46,35 +125,46 @@ def atomic_folder(dest: str | os.PathLike) -> Iterator[Path]:
     Yields an empty staging folder beside ``dest``. On success an existing ``dest`` is renamed aside, the
     staging folder renamed to ``dest`` and the old copy removed; on an error the staging folder is removed
     and ``dest`` is untouched. A process killed between the two renames leaves ``dest`` missing and its
-    previous copy as ``.<name>.old-*``; ``recover_folder`` (called here first) puts it back.
+    previous copy as ``.<name>.old-*``; ``recover_folder`` (called here first) puts it back. Builds of one
+    ``dest`` take turns (``folder_lock``), so the last one to finish is what stays, whole.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    recover_folder(dest)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
-    try:
-        os.chmod(staging, 0o777 & ~umask())  # mkdtemp makes it private
-        yield staging
+    with folder_lock(dest):
+        recover_folder(dest)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
         old = None
-        if dest.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
-            os.replace(dest, old)  # an empty folder is replaced by a rename on POSIX
-        os.replace(staging, dest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.chmod(staging, 0o777 & ~umask())  # mkdtemp makes it private
+            yield staging
+            if dest.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+                os.replace(dest, old)  # an empty folder is replaced by a rename on POSIX
+            os.replace(staging, dest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            if old is not None and dest.exists():  # stopped before the first rename
+                shutil.rmtree(old, ignore_errors=True)
+            elif old is not None:  # stopped between the renames: put the previous copy back
+                os.replace(old, dest)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
-def recover_folder(dest: str | os.PathLike) -> None:
+def recover_folder(dest: str | os.PathLike) -> list[Path]:
     """Undo what a killed ``atomic_folder`` left: a missing ``dest`` gets its previous copy back; staging
-    folders and old copies beside it are removed."""
+    folders and old copies beside it are removed. Returns what was removed.
+
+    Runs under ``folder_lock``, so a staging folder it sees is never one that a live process is writing.
+    """
     dest = Path(dest)
     if not dest.parent.is_dir():
-        return
-    olds = sorted(dest.parent.glob(f".{dest.name}.old-*"), key=lambda p: p.stat().st_mtime)
-    if olds and not dest.exists():
-        os.replace(olds.pop(), dest)
-    for leftover in [*olds, *dest.parent.glob(f".{dest.name}.partial-*")]:
-        shutil.rmtree(leftover, ignore_errors=True)
+        return []
+    with folder_lock(dest):
+        olds = sorted(dest.parent.glob(f".{dest.name}.old-*"), key=lambda p: p.stat().st_mtime)
+        if olds and not dest.exists():
+            os.replace(olds.pop(), dest)
+        removed = [*olds, *dest.parent.glob(f".{dest.name}.partial-*")]
+        for leftover in removed:
+            shutil.rmtree(leftover, ignore_errors=True)
+    return removed

@@ -1,16 +1,15 @@
 """Adapter folders on disk: ``adapter_config.json`` + ``adapter_model.safetensors``, as PEFT writes them.
 
-Saving never leaves a half-written adapter (files are written aside and renamed into place); loading
-reads safetensors (a legacy ``adapter_model.bin`` only through ``torch.load(weights_only=True)``, which
-cannot run code) and checks every tensor before the model changes.
+Saving never leaves a half-written adapter (a new folder through ``files.atomic_folder``, each file of an
+existing one through ``files.atomic_write``); loading reads safetensors (a legacy ``adapter_model.bin``
+only through ``torch.load(weights_only=True)``, which cannot run code) and checks every tensor before the
+model changes.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from ..files import atomic_write, umask
+from ..files import atomic_folder, atomic_write
 from ..lora.config import LoraConfig
 from ..lora.model import add_adapter, rollback_on_error, saved_modules
 from ..lora.state import (
@@ -53,17 +52,10 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "de
     """
     directory = Path(directory)
     config_text, blob = serialize_adapter(model, name)
-    directory.parent.mkdir(parents=True, exist_ok=True)
     if not directory.exists():
-        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        os.chmod(staging, 0o777 & ~umask())  # mkdtemp makes it private
-        try:
+        with atomic_folder(directory) as staging:
             (staging / WEIGHTS_NAME).write_bytes(blob)
             (staging / CONFIG_NAME).write_text(config_text)
-            os.replace(staging, directory)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         return directory
     atomic_write(directory / WEIGHTS_NAME, blob)
     atomic_write(directory / CONFIG_NAME, config_text.encode())

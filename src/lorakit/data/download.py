@@ -1,22 +1,21 @@
 """Atomic HTTP(S) downloads of the official data files, for machines that are online.
 
-A file is written to a temporary name in its destination folder, checked (non-empty, complete, parseable)
-and only then renamed into place, so an interrupted or failed download never leaves a file that a loader
-would take for the real one.
+A file is written to a temporary name in its destination folder (``files.atomic_file``), checked (non-empty,
+complete, parseable) and only then renamed into place, so an interrupted or failed download never leaves a
+file that a loader would take for the real one.
 """
 
 from __future__ import annotations
 
 import http.client
 import os
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from ..files import umask
+from ..files import atomic_file
 
 DEFAULT_TIMEOUT = 60.0
 _CHUNK = 1 << 16
@@ -47,11 +46,8 @@ def fetch_file(
     dest = Path(dest)
     if dest.exists() and not overwrite:
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
+    with atomic_file(dest) as tmp:  # data folders are often shared: it gets a plain open's permissions
+        with tmp.open("wb") as out:
             written, expected = _copy_url(url, out, timeout)
         if expected is not None and written != expected:
             raise DownloadError(f"{url}: truncated download ({written} of {expected} bytes)")
@@ -62,10 +58,6 @@ def fetch_file(
                 validate(tmp)
             except (ValueError, OSError) as err:
                 raise DownloadError(f"{url}: downloaded file is not valid: {err}") from err
-        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes it private; data folders are often shared
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 

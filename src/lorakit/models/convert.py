@@ -2,18 +2,16 @@
 
 Why: SmolLM2 ships quantized (GGUF, Q4_1). transformers dequantizes it on every load (~15-30 s on CPU), so it
 is converted once into ``$LORAKIT_HOME/models/smollm2-135m`` (safetensors, ~1-2 s to load afterwards). A
-conversion killed half-way must never leave a folder that later loads as a model, hence the temp sibling,
-the completion marker and the rename.
+conversion killed half-way must never leave a folder that later loads as a model, hence the staging folder
+and rename (``files.atomic_folder``) and the completion marker.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from ..files import atomic_folder, folder_lock
 from .compat import dtype_kwargs
 from .registry import (
     SMOLLM2_GGUF,
@@ -68,35 +67,27 @@ def _require_modules(modules: tuple[str, ...], install: str) -> None:
 
 
 def _remove_stale_tmp(dest: Path) -> None:
-    """Delete temp folders of conversions killed long ago (~0.5 GB each); recent ones may still be running."""
+    """Delete ``.tmp-*`` folders that lorakit before ``atomic_folder`` left (~0.5 GB each) once they are old:
+    such a version takes no lock, so a recent one may still be converting. Today's leftovers
+    (``.<name>.partial-*``) are removed by ``recover_folder`` as soon as their process is gone."""
     for tmp in dest.parent.glob(f".{dest.name}.tmp-*"):
         if time.time() - tmp.stat().st_mtime > _STALE_TMP_S:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _write_atomically(dest: Path, write: Callable[[Path], None], stamp: dict[str, Any]) -> None:
-    """Run ``write`` into a temporary sibling of ``dest``, mark it complete, then ``os.replace`` it into place.
+    """Run ``write`` into a staging folder, mark it complete, then rename it into place (``atomic_folder``).
 
     Why: a conversion killed half-way must never leave a folder that later loads as a model. Readers only
-    ever see no folder, an old folder or a finished one (with ``CACHE_MARKER``).
+    ever see no folder, an old folder or a finished one (with ``CACHE_MARKER``). Processes converting at
+    once take turns (``folder_lock``): the second finds the first one's result and keeps it.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is not a secret
-        write(tmp)
-        (tmp / CACHE_MARKER).write_text(json.dumps(stamp), "utf-8")
-        if _cache_is_complete(dest, stamp):  # another process finished first
+    with folder_lock(dest):
+        if _cache_is_complete(dest, stamp):  # another process finished while this one waited
             return
-        if dest.exists():  # partial, outdated or foreign: os.replace cannot overwrite a non-empty folder
-            shutil.rmtree(dest)
-        try:
-            os.replace(tmp, dest)
-        except OSError:
-            if not _cache_is_complete(dest, stamp):  # lost a race to a finished writer: fine; else re-raise
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_folder(dest) as staging:  # a partial, outdated or foreign folder is replaced
+            write(staging)
+            (staging / CACHE_MARKER).write_text(json.dumps(stamp), "utf-8")
 
 
 def _dequantize_gguf(gguf: Path, out: Path) -> None:

@@ -4,7 +4,15 @@ RNG state, so the run continues as if it had never stopped.
 
 A process killed at any point leaves one of: nothing yet, a staging folder (``.tmp-step-*``, never read,
 removed on the next start), a renamed ``step-*`` folder that ``latest`` does not name yet (complete: it was
-renamed only once written, so it is used when ``latest`` is missing), or a complete checkpoint."""
+renamed only once written, so it is used when ``latest`` is missing), or a complete checkpoint.
+
+Why not ``files.atomic_folder``: under ``torchrun`` every process writes its own ``rng-<rank>.pt`` into the
+staging folder, between barriers, and the main process renames it afterwards (``Trainer.save_checkpoint``).
+So the staging folder needs a name each process derives from the step alone (``staging_dir``), where
+``atomic_folder`` gives a random one to a single ``with`` block in a single process; and its ``flock``
+guards a build by one process, not one spread over several processes (perhaps on several machines). The
+trainer's final result (``model``/``adapter``) does use ``atomic_folder``; ``clean_stale`` recovers it.
+"""
 
 from __future__ import annotations
 
@@ -19,9 +27,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..files import recover_folder
+
 LATEST = "latest"
 STAGING_PREFIX = ".tmp-step-"
 CHECKPOINT_FILES = ("trainable.safetensors", "state.pt", "rng-0.pt")
+RESULT_FOLDERS = ("model", "adapter", "best")  # what the trainer builds with files.atomic_folder
 
 
 def checkpoint_root(output: str | Path) -> Path:
@@ -106,14 +117,18 @@ def step_of(folder: Path) -> int:
 
 def clean_stale(output: str | Path) -> list[Path]:
     """Remove what a killed process leaves half-written: checkpoint staging folders, ``latest``'s temporary
-    file, the final save's staging folders (``.model.partial``, ``.model.old``, ``save_adapter``'s
-    ``.adapter.*``) and temporary files. Returns what was removed."""
+    file, the final result's leftovers (``recover_folder`` on ``model``, ``adapter`` and ``best``, which puts
+    back a result killed between its two renames; ``.model.partial``/``.model.old`` and ``save_adapter``'s
+    ``.adapter.<random>`` from earlier versions) and temporary files. Returns what was removed.
+
+    ``recover_folder`` runs first: it restores an ``.adapter.old-*`` that the ``.adapter.*`` pattern would
+    otherwise delete. Lock files are left to their holders (``files.folder_lock`` removes its own)."""
     output, root = Path(output), checkpoint_root(output)
+    removed = [path for name in RESULT_FOLDERS for path in recover_folder(output / name)]
     stale = [*root.glob(f"{STAGING_PREFIX}*"), root / f".{LATEST}.tmp", output / ".model.partial",
-             output / ".model.old", *output.glob(".adapter.*"), output / "log.tmp",
-             *output.glob(".run_config.json.*"), *output.glob(".summary.json.*"),
-             *(output / "adapter").glob(".adapter_*.*")]
-    removed = []
+             output / ".model.old", *(p for p in output.glob(".adapter.*") if p.name != ".adapter.lock"),
+             output / "log.tmp", *output.glob(".run_config.json.*"), *output.glob(".summary.json.*"),
+             *output.glob(".best.json.*"), *(output / "adapter").glob(".adapter_*.*")]
     for path in stale:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)

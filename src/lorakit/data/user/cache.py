@@ -6,8 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import chain, pairwise
 from pathlib import Path
@@ -15,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ...files import atomic_folder, folder_lock
 from ...train.batching import ClassificationSample, Sample
 from .encode import PreparedData, SplitStats
 from .load import LabelSet
@@ -89,35 +88,30 @@ def _samples(arrays: Mapping[str, np.ndarray], classification: bool) -> list:
 
 
 def _save_cache(root: Path, key: str, prepared: PreparedData) -> Path | None:
-    """Written to a temporary folder and renamed, so a killed run never leaves a half cache behind."""
+    """Built aside and renamed (``atomic_folder``), so a killed run never leaves a half cache behind; a
+    cache another process wrote for the same key first is kept (as good, and perhaps being read)."""
     from safetensors.numpy import save_file
 
     final = root / key
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=root))
-    try:
-        splits = {"train": prepared.train, **({"eval": prepared.eval} if prepared.eval is not None else {})}
-        for name, samples in splits.items():
-            if samples:
-                save_file(_arrays(samples), str(tmp / f"{name}.safetensors"))
-        meta = {
-            "version": CACHE_VERSION, "format": prepared.format, "source": prepared.source,
-            "eval_source": prepared.eval_source, "max_length": prepared.max_length,
-            "truncation": prepared.truncation, "chat_template": prepared.chat_template,
-            "labels": None if prepared.labels is None else {"kind": prepared.labels.kind,
-                                                            "names": list(prepared.labels.names)},
-            "train_stats": vars(prepared.train_stats),
-            "eval_stats": None if prepared.eval_stats is None else vars(prepared.eval_stats),
-            "eval": prepared.eval is not None, "header": prepared.header,
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        try:
-            tmp.rename(final)
-        except OSError:  # another process wrote the same key first: its cache is as good
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with folder_lock(final):
+        if (final / "meta.json").is_file():
+            return final
+        with atomic_folder(final) as staging:
+            splits = {"train": prepared.train, **({"eval": prepared.eval} if prepared.eval is not None else {})}
+            for name, samples in splits.items():
+                if samples:
+                    save_file(_arrays(samples), str(staging / f"{name}.safetensors"))
+            meta = {
+                "version": CACHE_VERSION, "format": prepared.format, "source": prepared.source,
+                "eval_source": prepared.eval_source, "max_length": prepared.max_length,
+                "truncation": prepared.truncation, "chat_template": prepared.chat_template,
+                "labels": None if prepared.labels is None else {"kind": prepared.labels.kind,
+                                                                "names": list(prepared.labels.names)},
+                "train_stats": vars(prepared.train_stats),
+                "eval_stats": None if prepared.eval_stats is None else vars(prepared.eval_stats),
+                "eval": prepared.eval is not None, "header": prepared.header,
+            }
+            (staging / "meta.json").write_text(json.dumps(meta, indent=1))
     return final
 
 
