@@ -47,10 +47,11 @@ import torch
 
 from lorakit.hardware import describe
 from lorakit.models import load_model
+from lorakit.recipes import setup as recipe_setup
+from lorakit.recipes.finetune import subset
 from lorakit.tasks import get_task
 from lorakit.train import TrainConfig, Trainer, padding_fraction
 from lorakit.train.logs import MetricsLog
-from lorakit.train.trainer import training_samples
 
 WARMUP_STEPS = 2  # discarded from timing on both sides
 RESULT_MARK = "TRAIN_THROUGHPUT_RESULT "  # prefix of the worker's JSON line on stdout
@@ -107,7 +108,8 @@ def gpu_precision() -> dict[str, bool]:
 def lorakit_config(args: argparse.Namespace, setup: Setup, output: str) -> TrainConfig:
     """The run both sides share; the HF side takes its examples from it too (same seeded subset)."""
     return TrainConfig(task="e2e", model=args.model, data=args.data, output=output, full_finetune=setup.full_finetune,
-                       rank=args.rank, alpha=args.alpha, dropout=0.0, targets=args.targets, max_steps=args.steps,
+                       lora_rank=args.rank, lora_alpha=args.alpha, lora_dropout=0.0, target_modules=args.targets,
+                       max_steps=args.steps,
                        batch_size=args.batch_size, lr=args.lr, warmup_steps=0, weight_decay=args.weight_decay,
                        group_by_length=setup.grouped, gradient_checkpointing=setup.checkpointing,
                        save_every=10**9, log_every=1, samples=0,
@@ -151,13 +153,14 @@ def run_lorakit(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
         def save_checkpoint(self, step: int) -> None:
             pass
 
-        def save_result(self) -> None:
+        def save_result(self, folder: Path | None = None) -> None:
             pass
 
     model, tokenizer = load_model(args.model)
     after_load = memory_peaks(device)
     with tempfile.TemporaryDirectory(prefix="lorakit-bench-") as out:
-        trainer = MeasuredTrainer(lorakit_config(args, setup, out), model=model, tokenizer=tokenizer)
+        parts = recipe_setup(lorakit_config(args, setup, out), model, tokenizer)
+        trainer = MeasuredTrainer(parts.config, parts.model, parts.tokenizer, parts.samples, parts.loss)
         trainer.fit()
         log = MetricsLog(Path(out) / "log.jsonl").read()
     window = timed_window([r["elapsed_s"] for r in log], [r["tokens"] for r in log], args.steps)
@@ -213,7 +216,9 @@ def run_hf(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
     after_load = memory_peaks(device)
     with tempfile.TemporaryDirectory(prefix="hf-bench-") as out:
         config = lorakit_config(args, setup, out)
-        samples = training_samples(config, tokenizer, get_task(config.task))
+        task = get_task("e2e")  # the same seeded subset lorakit's recipe trains on; the model stays untouched
+        samples = subset(task.train_samples(tokenizer, config.data, config.max_length), config.max_train_examples,
+                         config.seed)
         features = [{"input_ids": s.input_ids, "attention_mask": [1] * len(s.input_ids), "labels": s.labels}
                     for s in samples]
         if setup.full_finetune:

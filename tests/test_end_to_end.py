@@ -32,8 +32,11 @@ def test_main_job_config_trains_smollm2_on_e2e(tmp_path, capsys):
                  "--output", str(out), "--max-steps", "12", "--batch-size", "4", "--warmup-steps", "2",
                  "--log-every", "1", "--samples", "1", "--time-budget", "off"])
     assert code == 0
-    losses = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
     assert len(losses) == 12 and sum(losses[-4:]) < sum(losses[:4])
+    evals = [r for r in records if "eval" in r]  # the config's dev evaluation, at the end of this short run
+    assert [r["step"] for r in evals] == [12] and 0 < evals[0]["eval"]["loss"] < 20 and (out / "best").is_dir()
     assert (out / "adapter/adapter_model.safetensors").is_file() and (out / "loss.png").is_file()
     printed = capsys.readouterr().out
     assert "generated:" in printed and "reference:" in printed

@@ -17,7 +17,8 @@ from conftest import make
 from safetensors.torch import load_file
 from train_fixtures import write_e2e, write_tiny_llama
 
-from lorakit.train import CausalLMLoss, Sample, TrainConfig, Trainer, TrainingDiverged, collate
+from lorakit.recipes import build_trainer
+from lorakit.train import CausalLMLoss, Sample, TrainConfig, TrainingDiverged, collate
 from lorakit.train.batching import padding_fraction, plan_batches, shard
 
 BIN = Path(sys.executable).parent
@@ -33,8 +34,8 @@ def workspace(tmp_path_factory) -> Path:
 
 def _config(workspace: Path, output: Path, **kw) -> TrainConfig:
     base = dict(task="e2e", model=str(workspace / "tiny-llama"), data=str(workspace / "data"), output=str(output),
-                rank=4, alpha=8, dropout=0.0, batch_size=8, max_steps=4, lr=1e-2, warmup_steps=1, log_every=1,
-                save_every=100, samples=0)
+                lora_rank=4, lora_alpha=8, lora_dropout=0.0, batch_size=8, max_steps=4, lr=1e-2, warmup_steps=1,
+                log_every=1, save_every=100, samples=0)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -84,9 +85,9 @@ def test_target_only_loss_equals_transformers_loss(arch, split):
 
 # --- the loop ---------------------------------------------------------------------------------------------
 def test_gradient_accumulation_is_exact(workspace, tmp_path):
-    full = Trainer(_config(workspace, tmp_path / "a"))
+    full = build_trainer(_config(workspace, tmp_path / "a"))
     full.fit()
-    accumulated = Trainer(_config(workspace, tmp_path / "b", micro_batch_size=3))  # 3 + 3 + 2 rows
+    accumulated = build_trainer(_config(workspace, tmp_path / "b", micro_batch_size=3))  # 3 + 3 + 2 rows
     accumulated.fit()
     a = load_file(tmp_path / "a/adapter/adapter_model.safetensors")
     b = load_file(tmp_path / "b/adapter/adapter_model.safetensors")
@@ -96,7 +97,7 @@ def test_gradient_accumulation_is_exact(workspace, tmp_path):
 
 
 def test_run_folder_holds_adapter_config_log_and_plot(workspace, tmp_path):
-    Trainer(_config(workspace, tmp_path / "run", save_every=2)).fit()
+    build_trainer(_config(workspace, tmp_path / "run", save_every=2)).fit()
     run = tmp_path / "run"
     assert (run / "adapter/adapter_config.json").is_file() and (run / "run_config.json").is_file()
     assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
@@ -109,11 +110,11 @@ def test_run_folder_holds_adapter_config_log_and_plot(workspace, tmp_path):
     assert summary["steps"] == 4 and summary["saved_bytes"] == adapter_bytes
     assert 0 < summary["trainable_params"] < summary["total_params"]
     with pytest.raises(FileExistsError, match="--resume"):
-        Trainer(_config(workspace, tmp_path / "run")).fit()
+        build_trainer(_config(workspace, tmp_path / "run")).fit()
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(workspace, tmp_path):
-    trainer = Trainer(_config(workspace, tmp_path / "run", save_every=1, max_steps=6))
+    trainer = build_trainer(_config(workspace, tmp_path / "run", save_every=1, max_steps=6))
     calls = {"n": 0}
 
     def poison(module, args, output):
@@ -128,7 +129,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(workspace, tmp_path):
 
 
 def test_full_finetune_same_command(workspace, tmp_path):
-    trainer = Trainer(_config(workspace, tmp_path / "full", full_finetune=True, lr=1e-3, max_steps=2))
+    trainer = build_trainer(_config(workspace, tmp_path / "full", full_finetune=True, lr=1e-3, max_steps=2))
     assert all(p.requires_grad for p in trainer.model.parameters())
     trainer.fit()
     assert (tmp_path / "full/model/model.safetensors").is_file()
@@ -141,7 +142,7 @@ def test_compare_runs_script(workspace, tmp_path):
     """benchmarks/compare_runs.py on a LoRA and a full run: a row each, probes in fresh processes, a PNG."""
     runs = {"lora": {}, "full": {"full_finetune": True, "lr": 1e-3}}
     for name, kw in runs.items():
-        Trainer(_config(workspace, tmp_path / name, max_steps=6, **kw)).fit()
+        build_trainer(_config(workspace, tmp_path / name, max_steps=6, **kw)).fit()
         (tmp_path / name / "scores.json").write_text(json.dumps({"BLEU": 0.5 if name == "lora" else 0.4}))
     out = tmp_path / "cmp"
     cmd = [sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "compare_runs.py"), str(tmp_path / "lora"),
@@ -158,9 +159,17 @@ def test_compare_runs_script(workspace, tmp_path):
 
 def test_config_file_with_overrides_and_errors(tmp_path):
     path = tmp_path / "run.toml"
-    path.write_text('task = "e2e"\nrank = 4\nlr = 0.001\ntargets = ["q_proj"]\n')
-    config = TrainConfig.from_file(path, rank=16)
-    assert (config.rank, config.lr, config.targets) == (16, 0.001, ["q_proj"])
+    path.write_text('task = "e2e"\nlora_rank = 4\nlr = 0.001\ntarget_modules = ["q_proj"]\n')
+    config = TrainConfig.from_file(path, lora_rank=16)
+    assert (config.lora_rank, config.lr, config.target_modules) == (16, 0.001, ["q_proj"])
+    # a run_config.json written before the LoRA settings were renamed still reads (and resumes)
+    path.write_text('task = "e2e"\nrank = 4\nalpha = 8.0\ndropout = 0.0\ntargets = ["q_proj"]\n')
+    config = TrainConfig.from_file(path)
+    assert (config.lora_rank, config.lora_alpha, config.lora_dropout, config.target_modules) == (4, 8.0, 0.0,
+                                                                                               ["q_proj"])
+    path.write_text("rank = 4\nlora_rank = 8\n")
+    with pytest.raises(ValueError, match=r"run.toml: lora_rank: given twice"):
+        TrainConfig.from_file(path)
     path.write_text("rnk = 4\n")
     with pytest.raises(ValueError, match=r"run.toml: unknown setting 'rnk'"):
         TrainConfig.from_file(path)
@@ -170,14 +179,14 @@ def test_config_file_with_overrides_and_errors(tmp_path):
 
 # --- real processes ---------------------------------------------------------------------------------------
 def _cli(workspace: Path, output: Path, *extra: str) -> list[str]:
-    return ["train", "--model", str(workspace / "tiny-llama"), "--data", str(workspace / "data"),
-            "--output", str(output), "--rank", "4", "--batch-size", "4", "--lr", "0.01", "--log-every", "1",
+    return ["train", "--task", "e2e", "--model", str(workspace / "tiny-llama"), "--data", str(workspace / "data"),
+            "--output", str(output), "--lora-rank", "4", "--batch-size", "4", "--lr", "0.01", "--log-every", "1",
             "--samples", "0", *extra]
 
 
 def test_killed_run_resumes_on_the_same_curve(workspace, tmp_path):
     # killed as soon as the first checkpoint is named: the remaining 15 steps take far longer than the poll
-    args = _cli(workspace, tmp_path / "x", "--max-steps", "20", "--save-every", "5", "--dropout", "0.1")
+    args = _cli(workspace, tmp_path / "x", "--max-steps", "20", "--save-every", "5", "--lora-dropout", "0.1")
     command = [str(BIN / "python"), "-m", "lorakit.cli", *args]
     reference = list(args)
     reference[reference.index(str(tmp_path / "x"))] = str(tmp_path / "ref")
@@ -207,7 +216,7 @@ def _free_port() -> int:
 
 
 def test_torchrun_two_processes_match_one(workspace, tmp_path):
-    steps = ["--max-steps", "4", "--batch-size", "8", "--dropout", "0"]  # dropout masks differ per process
+    steps = ["--max-steps", "4", "--batch-size", "8", "--lora-dropout", "0"]  # dropout masks differ per process
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([str(BIN / "python"), "-m", "lorakit.cli", *_cli(workspace, tmp_path / "one", *steps)],
                    check=True, capture_output=True, env=env)
@@ -244,7 +253,7 @@ def test_examples_without_target_tokens_are_skipped(capsys):
 
 
 def test_non_finite_gradients_stop_before_the_step(workspace, tmp_path):
-    trainer = Trainer(_config(workspace, tmp_path / "run", save_every=1, max_steps=4))
+    trainer = build_trainer(_config(workspace, tmp_path / "run", save_every=1, max_steps=4))
     first_b = next(p for n, p in trainer.model.named_parameters() if "lora_B" in n)
     calls = {"n": 0}
 
@@ -259,14 +268,14 @@ def test_non_finite_gradients_stop_before_the_step(workspace, tmp_path):
 
 
 def test_resume_refuses_changed_settings_and_fresh_start_refuses_old_log(workspace, tmp_path):
-    Trainer(_config(workspace, tmp_path / "run", max_steps=2, save_every=1)).fit()
+    build_trainer(_config(workspace, tmp_path / "run", max_steps=2, save_every=1)).fit()
     with pytest.raises(ValueError, match=r"--resume with other settings.*batch_size was 8, now 4"):
-        Trainer(_config(workspace, tmp_path / "run", max_steps=3, batch_size=4)).fit(resume=True)
-    Trainer(_config(workspace, tmp_path / "run", max_steps=3)).fit(resume=True)  # a longer run is fine
+        build_trainer(_config(workspace, tmp_path / "run", max_steps=3, batch_size=4)).fit(resume=True)
+    build_trainer(_config(workspace, tmp_path / "run", max_steps=3)).fit(resume=True)  # a longer run is fine
     (tmp_path / "other").mkdir()
     (tmp_path / "other/log.jsonl").write_text('{"step": 1, "loss": 1.0, "lr": 0.1}\n')
     with pytest.raises(FileExistsError, match=r"log.jsonl.*--resume"):
-        Trainer(_config(workspace, tmp_path / "other")).fit()
+        build_trainer(_config(workspace, tmp_path / "other")).fit()
     with pytest.raises(ValueError, match="keep_checkpoints"):
         _config(workspace, tmp_path / "x", keep_checkpoints=0)
 

@@ -20,30 +20,30 @@ BIN = Path(sys.executable).parent
 
 
 @pytest.mark.parametrize(("setting", "message"), [
-    ('rank = "8"', "rank: expected an integer, got '8'"),
+    ('lora_rank = "8"', "lora_rank: expected an integer, got '8'"),
     ('lr = "fast"', "lr: expected a number, got 'fast'"),
     ("batch_size = 2.5", "batch_size: expected an integer, got 2.5"),
     ("epochs = [1]", "epochs: expected a number, got [1]"),
     ("max_steps = 2.7", "max_steps: expected an integer, got 2.7"),
     ('rslora = "no"', "rslora: expected true or false, got 'no'"),
     ("full_finetune = 1", "full_finetune: expected true or false, got 1"),
-    ("rank = true", "rank: expected an integer, got True"),
-    ('targets = "q_proj"', "targets: expected a list of strings, got 'q_proj'"),
-    ("targets = [1, 2]", "targets: expected a list of strings, got [1, 2]"),
+    ("lora_rank = true", "lora_rank: expected an integer, got True"),
+    ('target_modules = "q_proj"', "target_modules: expected a list of strings, got 'q_proj'"),
+    ("target_modules = [1, 2]", "target_modules: expected a list of strings, got [1, 2]"),
     ('precision = "fp64"', "precision: expected one of 'auto', 'fp32', 'bf16', 'fp16', got 'fp64'"),
     ("model = 3", "model: expected a string, got 3"),
     ("max_grad_norm = -1", "max_grad_norm: must be greater than 0"),
     ("max_grad_norm = nan", "max_grad_norm: must be greater than 0"),
-    ("alpha = 0", "alpha: must be a finite number greater than 0"),
-    ("alpha = -16", "alpha: must be a finite number greater than 0"),
+    ("lora_alpha = 0", "lora_alpha: must be a finite number greater than 0"),
+    ("lora_alpha = -16", "lora_alpha: must be a finite number greater than 0"),
     ("warmup_steps = -5", "warmup_steps: must be 0 or more"),
     ("weight_decay = -1", "weight_decay: must be a finite number, 0 or more"),
     ("lr = inf", "lr: must be a finite number greater than 0"),
-    ("dropout = 1.0", "dropout: must be in [0, 1)"),
+    ("lora_dropout = 1.0", "lora_dropout: must be in [0, 1)"),
     ("max_train_examples = 0", "max_train_examples: must be at least 1"),
     ("samples = -1", "samples: must be 0 or more"),
     ("seed = -1", "seed: must be in"),
-    ("targets = []", "targets: must name at least one module"),
+    ("target_modules = []", "target_modules: must name at least one module"),
     ('output = ""', "output: must not be empty"),
     ('time_budget = "soon"', "time_budget: expected a duration"),
     ("time_budget = 0", "time_budget: must be a finite number greater than 0"),
@@ -69,15 +69,15 @@ def test_json_use_rslora_string_is_not_true(tmp_path):
 def test_python_construction_is_checked_too():
     with pytest.raises(ConfigError, match=r"^TrainConfig: max_grad_norm: must be greater than 0, got -1"):
         TrainConfig(max_grad_norm=-1)
-    with pytest.raises(ConfigError, match=r"^TrainConfig: rank: expected an integer, got '8'"):
-        TrainConfig(rank="8")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"^TrainConfig: lora_rank: expected an integer, got '8'"):
+        TrainConfig(lora_rank="8")  # type: ignore[arg-type]
 
 
 def test_valid_values_are_normalised():
-    config = TrainConfig(alpha=16, epochs=2, targets=("q_proj", "v_proj"), max_grad_norm=math.inf,  # type: ignore[arg-type]
+    config = TrainConfig(lora_alpha=16, epochs=2, target_modules=("q_proj", "v_proj"), max_grad_norm=math.inf,  # type: ignore[arg-type]
                          time_budget="6m")  # type: ignore[arg-type]
-    assert config.alpha == 16.0 and isinstance(config.alpha, float) and isinstance(config.epochs, float)
-    assert config.targets == ["q_proj", "v_proj"] and config.time_budget == 360.0
+    assert config.lora_alpha == 16.0 and isinstance(config.lora_alpha, float) and isinstance(config.epochs, float)
+    assert config.target_modules == ["q_proj", "v_proj"] and config.time_budget == 360.0
     assert TrainConfig(time_budget="off").time_budget is None  # type: ignore[arg-type]
 
 
@@ -104,27 +104,27 @@ def test_parse_duration_rejects(text):
 
 
 def test_flags_are_converted_and_named():
-    assert parse_flags({"rank": "16", "lr": "1e-3", "targets": "q_proj,v_proj", "time_budget": "90s"}) == {
-        "rank": 16, "lr": 1e-3, "targets": ["q_proj", "v_proj"], "time_budget": "90s"}
-    with pytest.raises(ConfigError, match=r"^--rank: expected an integer, got '8.5'"):
-        parse_flags({"rank": "8.5"})
+    assert parse_flags({"lora_rank": "16", "lr": "1e-3", "target_modules": "q_proj,v_proj", "time_budget": "90s"}) == {
+        "lora_rank": 16, "lr": 1e-3, "target_modules": ["q_proj", "v_proj"], "time_budget": "90s"}
+    with pytest.raises(ConfigError, match=r"^--lora-rank: expected an integer, got '8.5'"):
+        parse_flags({"lora_rank": "8.5"})
     with pytest.raises(ConfigError, match=r"^--max-grad-norm: must be greater than 0, got -1.0"):
         TrainConfig.from_flags(max_grad_norm=-1.0)
 
 
 def test_flag_errors_name_the_flag_even_over_a_file(tmp_path):
     path = tmp_path / "x.toml"
-    path.write_text("rank = 4\nmax_grad_norm = 1.0\n")
+    path.write_text("lora_rank = 4\nmax_grad_norm = 1.0\n")
     with pytest.raises(ConfigError, match=r"^--max-grad-norm: must be greater than 0"):
         TrainConfig.from_file(path, max_grad_norm=-1.0)
-    path.write_text("rank = 0\n")
-    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: rank: must be at least 1, got 0"):
+    path.write_text("lora_rank = 0\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: lora_rank: must be at least 1, got 0"):
         TrainConfig.from_file(path, lr=0.1)
 
 
 @pytest.mark.parametrize("args", [
-    ["--max-grad-norm", "-1"], ["--alpha", "0"], ["--warmup-steps", "-5"], ["--weight-decay", "-1"],
-    ["--rank", "eight"], ["--batch-size", "2.5"], ["--precision", "fp64"], ["--time-budget", "soon"],
+    ["--max-grad-norm", "-1"], ["--lora-alpha", "0"], ["--warmup-steps", "-5"], ["--weight-decay", "-1"],
+    ["--lora-rank", "eight"], ["--batch-size", "2.5"], ["--precision", "fp64"], ["--time-budget", "soon"],
 ])
 def test_cli_prints_one_line_and_fails(tmp_path, capsys, args):
     # a model that does not exist: should a check go missing, the run fails fast instead of training
@@ -137,8 +137,8 @@ def test_cli_prints_one_line_and_fails(tmp_path, capsys, args):
 def test_cli_config_file_error_is_one_line_without_traceback(tmp_path):
     """A real ``lorakit train`` process: one line naming file and key, non-zero exit, no traceback."""
     path = tmp_path / "x.toml"
-    path.write_text('rank = "8"\n')
+    path.write_text('lora_rank = "8"\n')
     proc = subprocess.run([str(BIN / "lorakit"), "train", "--config", str(path)], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr == f"lorakit train: error: {path}: rank: expected an integer, got '8'\n"
+    assert proc.stderr == f"lorakit train: error: {path}: lora_rank: expected an integer, got '8'\n"
     assert "Traceback" not in proc.stdout + proc.stderr

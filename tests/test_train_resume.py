@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from train_fixtures import write_e2e, write_tiny_llama
 
 from lorakit.cli import main
+from lorakit.recipes import build_trainer
 from lorakit.train import TrainConfig, Trainer
 
 BIN = Path(sys.executable).parent
@@ -30,9 +31,9 @@ def workspace(tmp_path_factory) -> Path:
 
 
 def _args(workspace: Path, output: Path, *extra: str) -> list[str]:
-    return ["train", "--model", str(workspace / "tiny-llama"), "--data", str(workspace / "data"),
-            "--output", str(output), "--rank", "4", "--batch-size", "8", "--lr", "0.01", "--warmup-steps", "1",
-            "--log-every", "1", "--save-every", "2", "--max-steps", "4", "--samples", "0", "--dropout", "0",
+    return ["train", "--task", "e2e", "--model", str(workspace / "tiny-llama"), "--data", str(workspace / "data"),
+            "--output", str(output), "--lora-rank", "4", "--batch-size", "8", "--lr", "0.01", "--warmup-steps", "1",
+            "--log-every", "1", "--save-every", "2", "--max-steps", "4", "--samples", "0", "--lora-dropout", "0",
             *extra]
 
 
@@ -195,7 +196,7 @@ def test_resume_past_a_shorter_max_steps_is_refused_with_the_fix(finished, tmp_p
 # --- time budget ----------------------------------------------------------------------------------------
 def _config(workspace: Path, output: Path, **kw) -> TrainConfig:
     base = dict(task="e2e", model=str(workspace / "tiny-llama"), data=str(workspace / "data"), output=str(output),
-                rank=4, dropout=0.0, batch_size=8, max_steps=6, lr=1e-2, warmup_steps=1, log_every=1,
+                lora_rank=4, lora_dropout=0.0, batch_size=8, max_steps=6, lr=1e-2, warmup_steps=1, log_every=1,
                 save_every=4, samples=0)
     return TrainConfig(**{**base, **kw})
 
@@ -213,8 +214,8 @@ def _fake_clock(trainer: Trainer, seconds_per_step: float) -> None:
 
 
 def test_time_budget_stops_after_a_whole_step_saves_and_resumes_on_the_same_curve(workspace, tmp_path):
-    Trainer(_config(workspace, tmp_path / "ref")).fit()
-    trainer = Trainer(_config(workspace, tmp_path / "run", time_budget=25))
+    build_trainer(_config(workspace, tmp_path / "ref")).fit()
+    trainer = build_trainer(_config(workspace, tmp_path / "run", time_budget=25))
     _fake_clock(trainer, 10.0)
     summary = trainer.fit()
     run = tmp_path / "run"
@@ -227,7 +228,7 @@ def test_time_budget_stops_after_a_whole_step_saves_and_resumes_on_the_same_curv
     ref = [json.loads(line) for line in (tmp_path / "ref/log.jsonl").read_text().splitlines()]
     assert [r["lr"] for r in records] == [r["lr"] for r in ref[:3]]  # schedule still planned for 6 steps
 
-    resumed = Trainer(_config(workspace, run, time_budget=None))  # a resumed run may change its budget
+    resumed = build_trainer(_config(workspace, run, time_budget=None))  # a resumed run may change its budget
     assert resumed.fit(resume=True)["stopped_on_time_budget"] is False
     assert _losses(run) == _losses(tmp_path / "ref")
     assert _same(_result(run), _result(tmp_path / "ref"))

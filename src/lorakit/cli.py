@@ -22,12 +22,12 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .tasks import get_task
-    from .train import Trainer
+    from .recipes import setup
 
     flags = parse_flags({f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     config = TrainConfig.from_file(args.config, **flags) if args.config else TrainConfig.from_flags(**flags)
-    trainer = Trainer(config)
+    parts = setup(config)
+    trainer = parts.trainer()
     summary = trainer.fit(resume=args.resume)
     if trainer.procs.main:
         loss, speed = summary["final_loss"], summary["tokens_per_s"]
@@ -36,22 +36,33 @@ def _train(args: argparse.Namespace) -> int:
         print(f"{ended} in {summary['seconds']:.0f} s"
               + (f", final loss {loss:.3f}, {speed:.0f} tokens/s" if loss is not None else "")
               + f"; run folder {summary['output']}")
-        task = get_task(config.task)
-        if task.model_kind == "sequence-classification":
+        if summary.get("best_step") is not None:
+            print(f"best {summary['best_metric']} {summary['best_value']:.4g} at step {summary['best_step']}: "
+                  f"{trainer.best_dir()}")
+        if parts.task is not None and parts.task.model_kind == "sequence-classification":
             _score_dev(trainer, config)
-        elif config.samples:
-            from .samples import reload_and_merge, show_generations
-
-            try:
-                model, examples = trainer.model, task.examples("dev", config.data)[:config.samples]
-                if not config.full_finetune:  # what a user does next: a fresh base + the saved adapter, merged
-                    model = reload_and_merge(trainer.model, trainer.tokenizer, config.model, trainer.result_dir(),
-                                             config.task, task.prompt(examples[0].source))
-                print(f"\ngreedy generations on {config.task} dev:")
-                show_generations(model, trainer.tokenizer, task, examples)
-            except (OSError, ValueError) as err:  # the run itself succeeded and is saved
-                print(f"  (no dev generations: {err})")
+        elif config.samples and parts.model_kind == "causal-lm":
+            _show_generations(parts, trainer)
     return 0
+
+
+def _show_generations(parts, trainer) -> None:
+    """A few greedy validation outputs from what a user loads next: a fresh base plus the saved adapter."""
+    from .samples import reload_and_merge, show_generations
+
+    config = parts.config
+    try:
+        prompts, refs = parts.validation_prompts(config.samples)
+        if not prompts:
+            return
+        model = trainer.model
+        if not config.full_finetune:
+            model = reload_and_merge(trainer.model, trainer.tokenizer, config.model, trainer.result_dir(),
+                                     config.name, prompts[0])
+        print(f"\ngreedy generations on {parts.title} validation inputs:")
+        show_generations(model, trainer.tokenizer, prompts, refs)
+    except (OSError, ValueError) as err:  # the run itself succeeded and is saved
+        print(f"  (no generations: {err})")
 
 
 def _score_dev(trainer, config: TrainConfig) -> None:
@@ -81,7 +92,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, action="store_true", default=None, help="(default: off)")
         elif hint is bool:
             parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false", default=None)
-        elif f.name == "targets":
+        elif f.name == "target_modules":
             parser.add_argument(flag, default=None, help="comma-separated module names (default: the architecture's)")
         elif f.name == "time_budget":
             parser.add_argument(flag, default=None, metavar="DURATION",

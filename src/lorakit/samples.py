@@ -43,10 +43,8 @@ def reload_and_merge(trained: nn.Module, tokenizer, model_name: str, adapter_dir
     return base
 
 
-def show_generations(model: nn.Module, tokenizer, task, examples: list) -> list[str]:
-    texts = generate(model, tokenizer, [task.prompt(ex.source) for ex in examples], preset("greedy"),
-                     progress=False)
-    for ex, text in zip(examples, texts, strict=True):
-        reference = ex.references[0] if ex.references else "-"
-        print(f"  input:     {ex.source}\n  generated: {text}\n  reference: {reference}\n")
+def show_generations(model: nn.Module, tokenizer, prompts: list[str], references: list[str | None]) -> list[str]:
+    texts = generate(model, tokenizer, prompts, preset("greedy"), progress=False)
+    for prompt, text, reference in zip(prompts, texts, references, strict=True):
+        print(f"  input:     {prompt.strip()}\n  generated: {text}\n  reference: {reference or '-'}\n")
     return texts

@@ -45,6 +45,17 @@ class NLGTask:
     def train_samples(self, tokenizer, root: str | os.PathLike | None, max_length: int) -> list[Sample]:
         return tokenize_pairs(tokenizer, self.train_pairs(root), max_length)
 
+    def eval_samples(self, tokenizer, root: str | os.PathLike | None, max_length: int) -> list[Sample]:
+        """The dev split as the validation loss sees it: one sample per reference, as in training."""
+        pairs = [(self.prompt(s), t) for s, t in training_pairs(self.examples("dev", root))]
+        return tokenize_pairs(tokenizer, pairs, max_length)
+
+    def score(self, hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
+        """The task's own metrics, those cheap enough to run during training (see ``training_scores``)."""
+        from .metrics.training import training_scores
+
+        return training_scores(self.name, hypotheses, references)
+
     def loss(self, model: nn.Module, label_smoothing: float = 0.0) -> nn.Module:
         return CausalLMLoss(model, label_smoothing)
 
@@ -85,15 +96,29 @@ class GLUETask:
                       ) -> list[ClassificationSample]:
         return self.encode(tokenizer, self.examples("train", root), max_length)
 
+    def eval_samples(self, tokenizer, root: str | os.PathLike | None, max_length: int
+                     ) -> list[ClassificationSample]:
+        return self.encode(tokenizer, self.examples("dev", root), max_length)
+
+    def score(self, outputs: Sequence[float], labels: Sequence[float]) -> dict[str, float]:
+        """GLUE's official metrics, headline first: class ids (STS-B: scores) against the labels."""
+        from .metrics.glue import glue_scores
+
+        return glue_scores(self.name, outputs, labels)
+
     def loss(self, model: nn.Module, label_smoothing: float = 0.0) -> nn.Module:
         return SequenceClassificationLoss(model)
 
     def modules_to_save(self, model: nn.Module) -> list[str]:
-        """The freshly initialised head must be trained and saved with the adapter."""
-        names = [n for n, _ in model.named_children() if n in HEAD_NAMES]
-        if not names:
-            raise ValueError(f"{type(model).__name__} has no classification head named {' or '.join(HEAD_NAMES)}")
-        return names
+        return head_modules(model)
+
+
+def head_modules(model: nn.Module) -> list[str]:
+    """A classification head is freshly initialised: it must be trained whole and saved with the adapter."""
+    names = [n for n, _ in model.named_children() if n in HEAD_NAMES]
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no classification head named {' or '.join(HEAD_NAMES)}")
+    return names
 
 
 Task = NLGTask | GLUETask

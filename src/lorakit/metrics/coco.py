@@ -105,8 +105,9 @@ def meteor_or_none(hypotheses: Sequence[str], references: Sequence[Sequence[str]
 
 
 def coco_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
-                meteor: Meteor15 | None = None) -> dict[str, float | None]:
-    """METEOR, ROUGE_L and CIDEr on PTB-tokenised, lowercased text, as the E2E scorer computes them."""
+                meteor: Meteor15 | None = None, *, with_meteor: bool = True) -> dict[str, float | None]:
+    """METEOR, ROUGE_L and CIDEr on PTB-tokenised, lowercased text, as the E2E scorer computes them
+    (``with_meteor=False``: the last two only, without starting Java's METEOR)."""
     flat = [r for refs in references for r in refs]
     if java() is None:
         warnings.warn("java not found on PATH: ROUGE_L and CIDEr use lorakit's Python approximation of the "
@@ -118,8 +119,11 @@ def coco_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
     for i, refs in enumerate(references):
         gts[i] = tokens[start:start + len(refs)]
         start += len(refs)
+    scores: dict[str, float | None] = {}
+    if with_meteor:
+        scores["METEOR"] = meteor_or_none([res[i][0] for i in res], [gts[i] for i in gts], meteor)
     return {
-        "METEOR": meteor_or_none([res[i][0] for i in res], [gts[i] for i in gts], meteor),
+        **scores,
         "ROUGE_L": float(Rouge().compute_score(gts, res)[0]),
         "CIDEr": float(Cider().compute_score(gts, res)[0]),
     }

@@ -200,11 +200,11 @@ def benchmark_sweep(config: dict[str, Any], task: str, ranks: list[int], target_
     """Ranks with the default targets, then target sets at the config's rank: same budget for every run."""
     base = settings_for(config, task, "lora")
     runs = [(r, default_targets) for r in ranks]
-    runs += [(base.get("rank", 8), t) for t in target_sets if (base.get("rank", 8), t) not in runs]
+    runs += [(base.get("lora_rank", 8), t) for t in target_sets if (base.get("lora_rank", 8), t) not in runs]
     rows = []
     for rank, targets in runs:
         name = f"{task}-r{rank}-{'+'.join(targets)}"
-        row = run_training({**base, "rank": rank, "targets": targets}, output / name)
+        row = run_training({**base, "lora_rank": rank, "target_modules": targets}, output / name)
         rows.append({"task": task, "rank": rank, "targets": targets, **row})
     return rows
 

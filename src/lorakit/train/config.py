@@ -24,17 +24,23 @@ from typing import Any, Literal
 
 @dataclass
 class TrainConfig:
-    # what
-    task: str = "e2e"
+    # what: a built-in task (its dataset folder in `data`), or your own file in `data` (no task)
+    task: str | None = None  # e2e, webnlg, dart or a GLUE task; with neither task nor data: e2e
     model: str = "smollm2-135m"
-    data: str | None = None  # dataset root; default $LORAKIT_DATA
+    data: str | None = None  # with task: the dataset folder (default $LORAKIT_DATA); else your file or a hub id
+    eval_data: str | None = None  # your file's validation file (or use eval_fraction)
+    eval_fraction: float | None = None  # hold out a seeded fraction of your file for validation
+    format: str | None = None  # force your file's format (default: detected from its keys)
+    columns: str | None = None  # map your file's column names, e.g. "prompt=question,completion=answer"
+    chat_template: str | None = None  # a Jinja file for a base without a chat template (messages format)
+    truncation: Literal["right", "left", "drop"] = "right"  # your examples longer than max_length
     output: str = "runs/e2e"
-    # adapter (ignored with full_finetune)
+    # adapter (ignored with full_finetune); the names PEFT's LoraConfig gives them
     full_finetune: bool = False
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.05
-    targets: list[str] | None = None  # default: the architecture's (Llama q_proj, v_proj; GPT-2 q,v of c_attn)
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    target_modules: list[str] | None = None  # default: the architecture's (Llama q_proj, v_proj; GPT-2 c_attn q,v)
     rslora: bool = False
     # how long
     epochs: float = 1.0
@@ -56,6 +62,12 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, about 1/3 more compute
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     seed: int = 0
+    # evaluation on the validation split (a task's dev split, your eval file or fraction)
+    eval_every: int | None = None  # steps between evaluations (and at the end); none: no evaluation
+    eval_generate: int = 0  # greedy outputs on this many validation examples, scored (BLEU, ROUGE-L, ...)
+    max_eval_examples: int | None = None  # a seeded subset of the validation examples for the loss
+    eval_metric: str | None = None  # what picks best/ (default: BLEU with eval_generate, the task's metric, loss)
+    early_stopping_patience: int | None = None  # stop after this many evaluations without a better eval_metric
     # bookkeeping
     log_every: int = 10
     save_every: int = 100
@@ -66,6 +78,19 @@ class TrainConfig:
         hints = _hints()
         for f in dataclasses.fields(self):
             setattr(self, f.name, check_setting(f.name, getattr(self, f.name), hints[f.name]))
+        if self.task is None and self.data is None:
+            self.task = "e2e"
+        _check_together(self)
+
+    @property
+    def user_data(self) -> bool:
+        """Training on the user's own file (``data`` without a ``task``)."""
+        return self.task is None
+
+    @property
+    def name(self) -> str:
+        """The adapter's name: the task's, or PEFT's ``default`` for a user's data."""
+        return self.task or "default"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -85,6 +110,10 @@ class TrainConfig:
             raise ValueError(f"{path}: {err}") from err
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a table of settings, got {type(data).__name__}")
+        try:
+            data = _renamed(data)
+        except ConfigError as err:
+            raise err.located(f"{path}: {err.key}") from None
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -103,6 +132,37 @@ class TrainConfig:
             return cls(**given)
         except ConfigError as err:
             raise err.located(flag_name(err.key)) from None
+
+
+# Earlier names of settings, read from older files (a run_config.json to resume) and mapped to today's.
+RENAMED = {"rank": "lora_rank", "alpha": "lora_alpha", "dropout": "lora_dropout", "targets": "target_modules"}
+
+
+def _renamed(data: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in data.items():
+        new = RENAMED.get(key, key)
+        if new in out or (new != key and new in data):
+            raise ConfigError(new, f"given twice (as {key!r}, its earlier name, and as {new!r})")
+        out[new] = value
+    return out
+
+
+# settings that only apply to a user's own data file
+USER_DATA_ONLY = ("eval_data", "eval_fraction", "format", "columns", "chat_template")
+
+
+def _check_together(config: TrainConfig) -> None:
+    """Settings that are wrong together, named as the fields are."""
+    if config.task is not None:
+        for key in USER_DATA_ONLY:
+            if getattr(config, key) is not None:
+                raise ConfigError(key, f"applies to your own data file (data without a task), not to task "
+                                       f"{config.task!r}")
+    if config.eval_data is not None and config.eval_fraction is not None:
+        raise ConfigError("eval_fraction", "give eval_data or eval_fraction, not both")
+    if config.early_stopping_patience is not None and config.eval_every is None:
+        raise ConfigError("early_stopping_patience", "needs eval_every (the evaluations it counts)")
 
 
 class ConfigError(ValueError):
@@ -205,10 +265,16 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "task": _NOT_EMPTY,
     "model": _NOT_EMPTY,
     "output": _NOT_EMPTY,
-    "rank": _at_least(1),
-    "alpha": _POSITIVE,
-    "dropout": _FRACTION,
-    "targets": ((lambda v: len(v) > 0 and all(v)), "must name at least one module"),
+    "data": _NOT_EMPTY,
+    "eval_data": _NOT_EMPTY,
+    "eval_fraction": ((lambda v: 0 < v < 1), "must be between 0 and 1"),
+    "format": _NOT_EMPTY,
+    "columns": _NOT_EMPTY,
+    "chat_template": _NOT_EMPTY,
+    "lora_rank": _at_least(1),
+    "lora_alpha": _POSITIVE,
+    "lora_dropout": _FRACTION,
+    "target_modules": ((lambda v: len(v) > 0 and all(v)), "must name at least one module"),
     "epochs": _POSITIVE,
     "max_steps": _at_least(1),
     "max_train_examples": _at_least(1),
@@ -226,6 +292,11 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "save_every": _at_least(1),
     "keep_checkpoints": _at_least(1),
     "samples": _at_least(0),
+    "eval_every": _at_least(1),
+    "eval_generate": _at_least(0),
+    "max_eval_examples": _at_least(1),
+    "eval_metric": _NOT_EMPTY,
+    "early_stopping_patience": _at_least(1),
 }
 
 

@@ -38,7 +38,8 @@ class MetricsLog:
 
 
 def plot_loss(records: list[dict[str, Any]], path: str | Path, title: str = "training loss") -> Path | None:
-    """Loss (and learning rate) against step as a PNG; None when matplotlib is not installed."""
+    """Training loss, validation loss where evaluated, and the learning rate against step as a PNG; None when
+    matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -50,7 +51,12 @@ def plot_loss(records: list[dict[str, Any]], path: str | Path, title: str = "tra
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="loss", color="tab:blue")
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="training loss", color="tab:blue")
+    evals = [r for r in records if "loss" in r.get("eval", {})]
+    if evals:
+        ax.plot([r["step"] for r in evals], [r["eval"]["loss"] for r in evals], "o-", color="tab:green",
+                label="validation loss")
+        ax.legend(loc="upper right")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (target tokens)")
     ax.set_title(title)

@@ -1,8 +1,10 @@
 """The training loop shared by every task: LoRA or full fine-tuning on the same code, one process or many
 (``torchrun``, PyTorch DDP), resumable from the last checkpoint as if never stopped.
 
-Read top to bottom: set up (processes, model, data, optimizer), maybe resume, then one optimizer step per
-planned global batch, logging and checkpointing as it goes.
+The trainer knows nothing of tasks, files or model registries: ``lorakit.recipes.finetune`` builds the
+model (with its adapter), the samples, the loss and the evaluation from a ``TrainConfig`` and hands them
+over. Read top to bottom: set up (processes, optimizer), maybe resume, then one optimizer step per planned
+global batch, logging, evaluating and checkpointing as it goes.
 
 Whatever state a killed run is in, ``lorakit train --config RUN/run_config.json --resume`` continues it (from
 its last complete checkpoint, or from step 0 when it has none) and a plain rerun's error names that command.
@@ -16,7 +18,6 @@ import contextlib
 import json
 import math
 import os
-import random
 import resource
 import shlex
 import shutil
@@ -30,12 +31,12 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from .. import lora
 from ..adapters import save_adapter
-from ..files import atomic_write, folder_bytes
+from ..files import atomic_folder, atomic_write, folder_bytes
 from . import checkpoint as ckpt
-from .batching import Sample, collate, plan_batches, shard
-from .config import TrainConfig
+from .batching import ClassificationSample, Sample, collate, plan_batches, shard
+from .config import RENAMED, TrainConfig
+from .evaluation import BestSoFar, Evaluation
 from .logs import MetricsLog, plot_loss
 
 
@@ -117,63 +118,46 @@ def make_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def prepare_model(config: TrainConfig, model: nn.Module, task) -> nn.Module:
-    if config.full_finetune:
-        model.requires_grad_(True)
-        return model
-    head = task.modules_to_save(model)
-    lora_config = lora.LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
-                                  target_modules=config.targets, use_rslora=config.rslora, modules_to_save=head,
-                                  task_type="SEQ_CLS" if head else "CAUSAL_LM", base_model_name_or_path=config.model)
-    return lora.add_adapter(model, lora_config, name=config.task)
-
-
-def training_samples(config: TrainConfig, tokenizer, task) -> list[Sample]:
-    samples = task.train_samples(tokenizer, config.data, config.max_length)
-    if config.max_train_examples is not None and config.max_train_examples < len(samples):
-        samples = random.Random(config.seed).sample(samples, config.max_train_examples)
-    return samples
-
-
 class Trainer:
-    """One run: ``Trainer(config).fit(resume=False)`` writes the run folder and returns a summary."""
+    """One run: ``Trainer(config, model, tokenizer, samples, loss).fit(resume=False)`` writes the run folder
+    and returns a summary. ``model`` carries its adapter already (or is trained whole with
+    ``full_finetune``); ``loss(**batch) -> (sum, count)`` wraps it; ``evaluation`` runs every
+    ``config.eval_every`` steps; ``result_files`` (name -> bytes) are saved beside the adapter, e.g. label
+    names. Most callers build all of this with ``lorakit.recipes.build_trainer(config)``."""
 
     clock: Callable[[], float] = staticmethod(time.perf_counter)  # elapsed time and the budget (tests replace it)
 
-    def __init__(self, config: TrainConfig, model: nn.Module | None = None, tokenizer=None) -> None:
-        from ..models import load_model
-        from ..tasks import get_task
-
+    def __init__(self, config: TrainConfig, model: nn.Module, tokenizer, samples: list[Sample] |
+                 list[ClassificationSample], loss: nn.Module, *, evaluation: Evaluation | None = None,
+                 result_files: dict[str, bytes] | None = None, title: str | None = None) -> None:
         self.config = config
-        self.task = get_task(config.task)
+        self.title = title or config.name
         self.procs = Processes.from_env()
         self.device = pick_device(self.procs)
-        torch.manual_seed(config.seed)
-        random.seed(config.seed)
-        if model is None:
-            model, tokenizer = load_model(config.model, self.task.model_kind, num_labels=self.task.num_labels)
         self.tokenizer = tokenizer
-        self.model = prepare_model(config, model, self.task).to(self.device)
+        self.model = model.to(self.device)
         if config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.samples = training_samples(config, tokenizer, self.task)
+        self.samples = samples
         if config.batch_size < self.procs.world_size:
             raise ValueError(f"batch_size {config.batch_size} is smaller than the {self.procs.world_size} processes")
         self.steps_per_epoch = len(self.samples) // config.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(self.samples)} training examples do not fill one batch of {config.batch_size}")
         self.total_steps = config.max_steps or math.ceil(config.epochs * self.steps_per_epoch)
-        loss = self.task.loss(self.model, config.label_smoothing)
         if self.procs.world_size > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             loss = nn.parallel.DistributedDataParallel(loss, device_ids=device_ids)
         self.loss = loss
+        self.evaluation = evaluation if config.eval_every else None
+        self.result_files = dict(result_files or {})
         self.optimizer = make_optimizer(self.model, config)
         self.schedule = make_schedule(self.optimizer, config.warmup_steps, self.total_steps)
         self.amp = autocast_dtype(config.precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
         self.output = Path(config.output)
         self.log = MetricsLog(self.output / "log.jsonl")
+        self.best = BestSoFar()
         self._plans: dict[int, list[list[int]]] = {}
 
     # --- data
@@ -239,7 +223,7 @@ class Trainer:
         self.procs.barrier()
         if self.procs.main:
             ckpt.publish(self.output, step, self.config.keep_checkpoints)
-            plot_loss(self.log.read(), self.output / "loss.png", f"{self.config.task}: {self.config.model}")
+            plot_loss(self.log.read(), self.output / "loss.png", f"{self.title}: {self.config.model}")
         self.procs.barrier()
 
     def resume_command(self) -> str:
@@ -302,6 +286,7 @@ class Trainer:
         if not saved_path.is_file():
             return
         saved, now = json.loads(saved_path.read_text()), self.config.to_dict()
+        saved = {RENAMED.get(k, k): v for k, v in saved.items()}  # written by an earlier version
         changed = [k for k in now if k not in self.RESUMABLE_CHANGES and saved.get(k, now[k]) != now[k]]
         if changed:
             raise ValueError(f"--resume with other settings than {saved_path}: {changed[0]} was "
@@ -321,13 +306,46 @@ class Trainer:
         return bool(flag.item())
 
     def finished_before(self, start_step: int) -> bool:
-        """A resumed run that had already trained every step and saved its result (not one that a time
-        budget stopped at what is now its last step: that one still writes its result and summary anew)."""
+        """A resumed run that had already trained every step (or stopped early, its evaluations no longer
+        improving) and saved its result; not one that a time budget stopped at what is now its last step:
+        that one still writes its result and summary anew."""
         done = self.output / "summary.json"
-        if start_step != self.total_steps or not done.is_file() or not self.result_dir().is_dir():
+        if not done.is_file() or not self.result_dir().is_dir():
             return False
         summary = json.loads(done.read_text())
-        return summary.get("steps") == start_step and not summary.get("stopped_on_time_budget")
+        if summary.get("steps") != start_step:
+            return False
+        return bool(summary.get("stopped_early")) or (start_step == self.total_steps
+                                                       and not summary.get("stopped_on_time_budget"))
+
+    # --- evaluation
+    def evaluate(self, step: int) -> bool:
+        """Validate (on the main process), log it, keep the best result in ``best/``; whether to stop early.
+        Every process gets the same answer."""
+        assert self.evaluation is not None
+        stop = False
+        if self.procs.main:
+            results = self.evaluation.run(self.model, self.tokenizer.pad_token_id, self.device, self.amp)
+            metric = self.evaluation.metric
+            improved = self.best.update(step, results[metric], self.evaluation)
+            self.log.append({"step": step, "eval": results, "best": improved})
+            if improved:
+                self.save_result(self.best_dir())
+                atomic_write(self.output / "best.json", (json.dumps(
+                    {"step": step, "metric": metric, "value": results[metric], "eval": results}, indent=2)
+                    + "\n").encode())
+            patience = self.config.early_stopping_patience
+            stop = patience is not None and self.best.since >= patience
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in results.items())
+            tqdm.write(f"eval at step {step}: {shown}" + (" (best so far)" if improved else
+                       f" (best {metric} {self.best.value:.4g} at step {self.best.step})"))
+            if stop:
+                tqdm.write(f"early stopping: {metric} has not improved for {patience} evaluations")
+        if self.procs.world_size > 1:
+            flag = torch.tensor(float(stop), device=self.device)
+            dist.broadcast(flag, src=0)
+            stop = bool(flag.item())
+        return stop
 
     def fit(self, resume: bool = False) -> dict:
         config, procs = self.config, self.procs
@@ -347,15 +365,18 @@ class Trainer:
         if procs.main:
             atomic_write(self.output / "run_config.json", (json.dumps(config.to_dict(), indent=2) + "\n").encode())
             budget = f"; time budget {config.time_budget:g} s" if config.time_budget is not None else ""
-            print(f"{config.task}: {len(self.samples):,} examples, {self.total_steps} steps of {config.batch_size} "
+            print(f"{self.title}: {len(self.samples):,} examples, {self.total_steps} steps of {config.batch_size} "
                   f"on {procs.world_size} process(es), {self.device}; trainable {trainable:,} / {total:,}{budget}")
         self.model.train()
         bar = tqdm(range(start_step, self.total_steps), initial=start_step, total=self.total_steps,
-                   desc=f"train {config.task}", unit="step", disable=not procs.main)
+                   desc=f"train {self.title}", unit="step", disable=not procs.main)
         started, tokens_seen = self.clock(), 0
-        last = (self.log.read() or [{}])[-1] if procs.main else {}  # a resumed, finished run trains no step
+        records = self.log.read() if procs.main else []
+        if self.evaluation is not None:
+            self.best = BestSoFar.from_log(records, self.evaluation)
+        last = ([r for r in records if "loss" in r] or [{}])[-1]  # a resumed, finished run trains no step
         last.pop("stopped", None)
-        reached, stopped_on_budget = start_step, False
+        reached, stopped_on_budget, stopped_early = start_step, False, False
         for step in bar:
             try:
                 loss, tokens = self.step(step)
@@ -375,9 +396,12 @@ class Trainer:
             end = reached == self.total_steps or stopped_on_budget
             if procs.main and (reached % config.log_every == 0 or end):
                 self.log.append(last)
+            if self.evaluation is not None and (reached % config.eval_every == 0 or end):
+                stopped_early = self.evaluate(reached) and reached < self.total_steps
+                end = end or stopped_early
             if reached % config.save_every == 0 or end:
                 self.save_checkpoint(reached)
-            if stopped_on_budget:
+            if end:
                 break
         bar.close()
         if stopped_on_budget and procs.main:
@@ -389,7 +413,10 @@ class Trainer:
                    "final_loss": last.get("loss"), "seconds": self.clock() - started,
                    "tokens_per_s": last.get("tokens_per_s"), "peak_mem_mb": peak_memory_mb(self.device),
                    "trainable_params": trainable, "total_params": total,
-                   "device": str(self.device), "processes": procs.world_size, "output": str(self.output)}
+                   "device": str(self.device), "processes": procs.world_size, "output": str(self.output),
+                   "stopped_early": stopped_early}
+        if self.evaluation is not None and self.best.step is not None:
+            summary.update(best_step=self.best.step, best_metric=self.evaluation.metric, best_value=self.best.value)
         if procs.main:
             self.save_result()
             summary["saved_bytes"] = folder_bytes(self.result_dir())
@@ -400,19 +427,17 @@ class Trainer:
     def result_dir(self) -> Path:
         return self.output / ("model" if self.config.full_finetune else "adapter")
 
-    def save_result(self) -> None:
-        """The adapter, or the whole model; saving again (a resumed run) replaces the earlier result."""
-        if not self.config.full_finetune:
-            save_adapter(self.model, self.result_dir(), name=self.config.task)
-            return
-        # written beside, then renamed: never a half-written model folder
-        staging, old, final = self.output / ".model.partial", self.output / ".model.old", self.result_dir()
-        for path in (staging, old):
-            if path.exists():
-                shutil.rmtree(path)
-        self.model.save_pretrained(staging, safe_serialization=True)
-        self.tokenizer.save_pretrained(staging)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(staging, final)
-        shutil.rmtree(old, ignore_errors=True)
+    def best_dir(self) -> Path:
+        return self.output / "best"
+
+    def save_result(self, folder: Path | None = None) -> None:
+        """The adapter (or the whole model) and the result files, built aside and renamed into ``folder``
+        (default ``result_dir()``): a reader never sees half of one, and saving again replaces it."""
+        with atomic_folder(folder or self.result_dir()) as staging:
+            if self.config.full_finetune:
+                self.model.save_pretrained(staging, safe_serialization=True)
+                self.tokenizer.save_pretrained(staging)
+            else:
+                save_adapter(self.model, staging, name=self.config.name)
+            for name, data in self.result_files.items():
+                (staging / name).write_bytes(data)
