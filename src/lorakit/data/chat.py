@@ -130,6 +130,27 @@ def encode_generation_prompt(tokenizer, messages: Any, *, chat_template: str | N
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+_PROBES = ([{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi there"}],
+           [{"role": "system", "content": "Be brief"}, {"role": "user", "content": "Hello"},
+            {"role": "assistant", "content": "Hi there"}])
+
+
+def end_of_turn_id(tokenizer, chat_template: str | os.PathLike[str] | None = None) -> int | None:
+    """The special token the template closes an assistant turn with (``<|im_end|>``), or None (a turn that
+    ends in plain text). Found as the loss mask finds it: the first special token after the content, so
+    generation stops exactly where training taught the model to end a turn."""
+    template = resolve_chat_template(tokenizer, chat_template)
+    special = special_token_ids(tokenizer)
+    for probe in _PROBES:  # some templates insist on a system turn first
+        try:
+            text, [(_, content_end, _)] = assistant_spans(tokenizer, probe, template)
+        except Exception:
+            continue
+        tail = tokenizer(text[content_end:], add_special_tokens=False)["input_ids"]
+        return next((token for token in tail if token in special), None)
+    return None
+
+
 def special_token_ids(tokenizer) -> set[int]:
     """Ids that can end a turn: the special tokens and added tokens marked special (``<|im_end|>``)."""
     ids = set(tokenizer.all_special_ids)

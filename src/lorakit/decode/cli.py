@@ -1,5 +1,6 @@
-"""``lorakit generate``: decode a dataset split or a file of inputs with a base model plus adapter(s), or a
-merged/full model folder; one prediction per line, in input order.
+"""``lorakit generate``: decode a dataset split, a file of inputs, or your own data file (``--data``: prompts, or
+conversations rendered with the chat template) with a base model plus adapter(s), or a merged/full model
+folder; one prediction per line, in input order.
 
 Wire it in with ``add_generate_parser(subparsers)``; the handler is ``args.func``.
 """
@@ -11,10 +12,14 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..data.common import read_lines
 from ..files import atomic_write
 from .config import PRESETS, STRATEGIES, DecodeConfig, preset
+
+if TYPE_CHECKING:
+    from ..data.user import UserData
 
 _DECODE_FLAGS = ("strategy", "max_new_tokens", "num_beams", "length_penalty", "no_repeat_ngram_size",
                  "early_stopping", "temperature", "top_k", "top_p", "seed")
@@ -41,12 +46,20 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
                    help="adapter folder (PEFT format); repeat to stack several (they are never merged)")
     p.add_argument("--no-merge", dest="merge", action="store_false",
                    help="keep a single adapter unmerged (default: merged into the weights, same outputs, faster)")
-    source = p.add_mutually_exclusive_group(required=True)
+    source = p.add_mutually_exclusive_group()
     source.add_argument("--split", help="decode this split of --task (train, dev, test)")
     source.add_argument("--input", help="text file, one input source per line")
     p.add_argument("--task", help="task whose prompt format (and, with --split, data) to use; also picks the "
                                   "default decoding preset (e2e, webnlg, dart: the paper's beam search)")
-    p.add_argument("--data", help="data root for --split (default: $LORAKIT_DATA)")
+    p.add_argument("--data", help="your own file (JSONL, JSON, CSV, TSV, Parquet) of prompts (a prompt column) or "
+                                  "conversations (messages ending with a user turn, rendered with the chat "
+                                  "template and its generation prompt); with --split: the data folder "
+                                  "(default: $LORAKIT_DATA)")
+    p.add_argument("--format", choices=("prompt-completion", "messages"),
+                   help="force --data's format (default: detected from its columns)")
+    p.add_argument("--columns", help="map --data's column names, e.g. prompt=question or messages=conversation")
+    p.add_argument("--chat-template", metavar="FILE",
+                   help="Jinja chat template for --data conversations, for a base whose tokenizer has none")
     p.add_argument("--raw", action="store_true", help="with --input: use each line as the prompt as it is")
     p.add_argument("--limit", type=int, help="decode only the first N inputs")
     p.add_argument("--output", required=True, help="file to write, one prediction per line")
@@ -78,6 +91,64 @@ def decode_config(args: argparse.Namespace) -> DecodeConfig:
     if "num_beams" in changes and "strategy" not in changes and changes["num_beams"] > 1:
         changes["strategy"] = "beam"
     return preset(name, **changes)
+
+
+def read_user_data(args: argparse.Namespace) -> UserData | None:
+    """``--data FILE`` read and checked before any model loads (errors name the file, line and key); None
+    when the inputs come from ``--split`` or ``--input``."""
+    if args.input is not None and args.data:
+        raise ValueError("--input and --data are two sources of inputs: give one")
+    if args.split is not None or args.input is not None:
+        given = [flag for flag, value in (("--format", args.format), ("--columns", args.columns),
+                                          ("--chat-template", args.chat_template)) if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} apply to your own --data file, not to --split or --input")
+        return None
+    if not args.data:
+        raise ValueError("give --data FILE (your own prompts or conversations), --input FILE (one input per line) "
+                         "or --split with --task")
+    for flag, value in (("--task", args.task), ("--raw", args.raw or None)):
+        if value is not None:
+            raise ValueError(f"{flag} applies to --split and --input; --data FILE prompts are used as they are "
+                             "(pick decoding settings with --preset)")
+    from ..data.user import UserDataError, load_user_data
+
+    data = load_user_data(args.data, format=args.format, columns=args.columns, require_targets=False)
+    if data.format not in ("prompt-completion", "messages"):
+        raise UserDataError(f"lorakit generate reads prompts (a prompt column) or conversations (messages), not "
+                            f"format {data.format}; map other names with --columns, e.g. prompt=question",
+                            data.path)
+    return data.select(range(min(len(data), args.limit))) if args.limit is not None else data
+
+
+def user_prompts(data: UserData, model, tokenizer, chat_template: str | None) -> list[str]:
+    """The file's prompts, conversations rendered as training renders them (``lorakit.data.chat``); for
+    conversations the model also stops at the template's end-of-turn token (``<|im_end|>``), where training
+    taught it to end a turn, added to the stop tokens of this run's (freshly loaded) model."""
+    from ..data.chat import end_of_turn_id, resolve_chat_template
+    from ..data.user import UserDataError, generation_prompts
+    from .api import eos_ids
+
+    if data.format != "messages":
+        return generation_prompts(data, tokenizer)
+    try:
+        template = resolve_chat_template(tokenizer, chat_template)
+    except ValueError:
+        raise ValueError(f"{data.path} holds conversations but the model's tokenizer has no chat template to "
+                         "render them with: pass --chat-template FILE (a Jinja chat template)") from None
+    prompts = []
+    for i in range(len(data)):  # one by one, so that a conversation the template refuses is named
+        try:
+            prompts += generation_prompts(data.select([i]), tokenizer, template)
+        except UserDataError:
+            raise
+        except Exception as err:  # the template's own raise_exception ("roles must alternate") or a Jinja error
+            raise UserDataError(f"the chat template cannot render this conversation: {err}", data.path,
+                                data.where(i), "messages") from err
+    end, stops = end_of_turn_id(tokenizer, template), eos_ids(model, tokenizer)
+    if end is not None and end not in stops:
+        model.generation_config.eos_token_id = [*stops, end]
+    return prompts
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
@@ -130,11 +201,18 @@ def _write_lines(path: Path, lines: list[str]) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from ..data.chat import load_chat_template
     from .api import generate
 
     config = decode_config(args)
-    prompts = read_prompts(args)
+    data = read_user_data(args)
+    prompts = read_prompts(args) if data is None else []
+    template = load_chat_template(args.chat_template)  # a missing file fails before the model loads
     model, tokenizer = load_for_generation(args.model, args.adapter, args.merge, args.device, args.dtype)
+    if data is not None:
+        prompts = user_prompts(data, model, tokenizer, template)
+        print(f"{data.path}: {len(data)} {data.unit}s, format {data.format}"
+              f"{' (detected)' if data.detected else ''}", file=sys.stderr)
     fields = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items())
     print(f"decoding {len(prompts)} inputs: {fields}", file=sys.stderr)
     start = time.perf_counter()

@@ -1,7 +1,10 @@
-"""The HTTP API (FastAPI): OpenAI-compatible completions, classification, adapter loading, health, metrics.
+"""The HTTP API (FastAPI): OpenAI-compatible completions and chat completions, classification, adapter
+loading, health, metrics.
 
 Handlers only check and tokenize requests and wait for the engine (``engine.py``), which runs the model on
-its own thread; they never block the event loop on a forward pass. Errors use OpenAI's shape
+its own thread; they never block the event loop on a forward pass. Completions and chat completions are one
+path (``generation``) that differs only in the prompt (text or ids; a conversation rendered with the chat
+template, ``chat.py``) and in the reply's shape. Errors use OpenAI's shape
 ``{"error": {"message", "type", "param", "code"}}`` so the official client raises with the message.
 
 Two ASGI layers sit in front of the handlers, both acting before a body is read: ``_Guard`` checks bearer
@@ -18,9 +21,10 @@ import copy
 import hmac
 import json
 import math
+import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -31,10 +35,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
+from ..data.chat import ChatTemplateError, MessageError
 from ..decode.sampling import row_seed
+from .chat import ChatPrompts, ChatShape, NoChatTemplate, checked_messages
 from .engine import Engine, GenerationRow, QueueFull, RequestRejected
 from .registry import AdapterConflict, AdapterNotFound, AdapterRefused
-from .schemas import AdapterRequest, ClassifyRequest, CompletionRequest, UnloadRequest
+from .schemas import AdapterRequest, ChatRequest, ClassifyRequest, CompletionRequest, UnloadRequest
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 ADMIN_PATHS = ("/v1/adapters/",)  # loading and unloading: what every client then gets served
@@ -101,6 +107,12 @@ def api_error(err: BaseException, param: str = "model") -> ApiError:
     if isinstance(err, RequestRejected):  # can never succeed as sent (413: larger than the queue)
         return ApiError(err.status, str(err), param=err.param,
                         code="request_too_large" if err.status == 413 else None)
+    if isinstance(err, MessageError):  # a malformed conversation: 422 naming the field, as pydantic's are
+        return ApiError(422, f"{err.key}: {err.message}", param=err.key)
+    if isinstance(err, ChatTemplateError):
+        return ApiError(422, f"messages: the chat template refuses this conversation: {err.error}", param="messages")
+    if isinstance(err, NoChatTemplate):
+        return ApiError(400, str(err), param="messages", code="no_chat_template")
     return ApiError(500, f"{type(err).__name__}: {err}", kind="server_error")
 
 
@@ -191,18 +203,20 @@ class _BodyLimit:
 
 def _endpoint(path: str) -> str:
     """A bounded label for metrics (unknown paths must not create one series each)."""
-    known = ("/v1/completions", "/v1/classify", "/v1/models", "/v1/adapters/load", "/v1/adapters/unload",
-             "/health", "/metrics")
+    known = ("/v1/completions", "/v1/chat/completions", "/v1/classify", "/v1/models", "/v1/adapters/load",
+             "/v1/adapters/unload", "/health", "/metrics")
     return path if path in known else "other"
 
 
 def create_app(engine: Engine, base_name: str, *, api_key: str | None = None, admin_token: str | None = None,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, chat_template: str | os.PathLike[str] | None = None
+               ) -> FastAPI:
     """The API over a running ``engine`` whose base model is called ``base_name`` in requests.
 
     ``api_key``: required (``Authorization: Bearer``) by the completion, classification and model-list
     endpoints; ``admin_token``: by ``/v1/adapters/load`` and ``/unload`` (which fall back to ``api_key``);
-    None leaves them open. ``max_body_bytes``: larger request bodies get 413."""
+    None leaves them open. ``max_body_bytes``: larger request bodies get 413. ``chat_template``: Jinja text
+    or file for ``/v1/chat/completions`` when the base's tokenizer has none (or to replace its own)."""
     if max_body_bytes < 1:
         raise ValueError(f"max_body_bytes must be at least 1, got {max_body_bytes}")
     # tokenizing a long prompt takes a while: one thread of its own (fast tokenizers are not thread-safe, so
@@ -219,6 +233,7 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None, ad
     app.add_middleware(_Guard, api_key=api_key or None, admin_token=admin_token or None)
     metrics = engine.metrics
     tokenizer = copy.deepcopy(engine.tokenizer)  # the tokenizing thread's own (the engine thread uses another)
+    chat = ChatPrompts(tokenizer, chat_template, engine.eos)  # a classifier's chat requests get its 400 first
     metrics.gauge("lorakit_queue_rows", "Rows waiting for a place in a batch.", engine.queued)
     metrics.gauge("lorakit_adapters_loaded", "Adapters attached to the model.", lambda: len(engine.loaded()))
 
@@ -321,8 +336,11 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None, ad
             raise api_error(err, param="name") from err
         return {"name": body.name, "unloaded": bool(was_loaded)}
 
-    @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, request: Request):
+    async def generation(body: CompletionRequest | ChatRequest, request: Request,
+                         shape: CompletionShape | ChatShape, encode: Callable[[], list[list[int]]],
+                         prompt_param: str = "prompt", stop_ids: frozenset[int] = frozenset()):
+        """One request's rows through the engine, answered whole or streamed in ``shape``: the one path for
+        completions and chat completions. ``encode`` runs on the tokenizing thread and gives the prompts."""
         if engine.classifier:
             raise ApiError(400, f"{base_name} is a classification model: use /v1/classify", param="model")
         try:
@@ -330,28 +348,48 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None, ad
         except Exception as err:
             raise api_error(err) from err
         loop = asyncio.get_running_loop()
-        prompts = await loop.run_in_executor(tokenizing, lambda: [_encode(tokenizer, p, engine.input_vocab)
-                                                                         for p in body.prompts()])
-        max_tokens = body.max_tokens or 16
-        _check_lengths(prompts, max_tokens, engine.context_length)
+        try:
+            prompts = await loop.run_in_executor(tokenizing, encode)
+        except Exception as err:
+            raise api_error(err) from err
+        longest = max(len(p) for p in prompts)
+        max_tokens = body.new_tokens(longest, engine.context_length)
+        _check_lengths(prompts, max_tokens, engine.context_length, prompt_param)
         events: asyncio.Queue = asyncio.Queue()
 
         def emit(kind: str, data: dict[str, Any]) -> None:  # engine thread -> event loop
             loop.call_soon_threadsafe(events.put_nowait, (kind, data))
 
+        n = body.n
         rows = [GenerationRow(adapter, prompt, max_tokens, body.temperature, body.top_p, list(body.stop or []), emit,
-                              index=i * body.n + c, seed=_row_seed(body.seed, i * body.n + c), top_k=body.top_k)
-                for i, prompt in enumerate(prompts) for c in range(body.n)]
+                              index=i * n + c, seed=_row_seed(body.seed, i * n + c), top_k=body.top_k,
+                              stop_ids=stop_ids)
+                for i, prompt in enumerate(prompts) for c in range(n)]
         try:
             engine.generate(rows)
         except Exception as err:
             raise api_error(err) from err
-        reply = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
-        usage = {"prompt_tokens": sum(len(p) for p in prompts) * body.n}
+        reply = {"id": f"{shape.id_prefix}{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
+        usage = {"prompt_tokens": sum(len(p) for p in prompts) * n}
         if body.stream:
-            include_usage = body.stream_options is not None and body.stream_options.include_usage
-            return StreamingResponse(_stream(rows, events, reply, usage, include_usage), media_type="text/event-stream")
-        return await _collect(rows, events, reply, usage, request)
+            return StreamingResponse(_stream(rows, events, reply, usage, body.include_usage, shape),
+                                     media_type="text/event-stream")
+        return await _collect(rows, events, reply, usage, shape, request)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request):
+        return await generation(body, request, CompletionShape(), lambda: [_encode(tokenizer, p, engine.input_vocab)
+                                                                          for p in body.prompts()])
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatRequest, request: Request):
+        try:
+            messages = checked_messages(body.messages)
+        except MessageError as err:
+            raise api_error(err) from err
+        return await generation(body, request, ChatShape(),
+                                lambda: [_encode(tokenizer, chat.render(tokenizer, messages), engine.input_vocab)],
+                                prompt_param="messages", stop_ids=chat.stop_ids)
 
     @app.post("/v1/classify")
     async def classify(body: ClassifyRequest) -> dict[str, Any]:
@@ -419,13 +457,14 @@ def _encode(tokenizer, prompt: str | list[int], vocab: int | None = None) -> lis
     return ids
 
 
-def _check_lengths(prompts: list[list[int]], max_tokens: int, context: int | None) -> None:
+def _check_lengths(prompts: list[list[int]], max_tokens: int, context: int | None, param: str = "prompt") -> None:
+    """The prompts (named ``param`` in requests) and ``max_tokens`` new tokens fit the model's context."""
     if context is None:
         return
     longest = max(len(p) for p in prompts)
     if longest >= context:
         raise ApiError(400, f"prompt is {longest} tokens, longer than the model's context of {context} tokens "
-                            "(which must also leave room for at least one new token)", param="prompt",
+                            "(which must also leave room for at least one new token)", param=param,
                        code="context_length_exceeded")
     if longest + max_tokens > context:
         raise ApiError(400, f"prompt ({longest} tokens) + max_tokens ({max_tokens}) = {longest + max_tokens} "
@@ -449,8 +488,33 @@ async def _cancel_on_disconnect(request: Request, rows: list[GenerationRow]) -> 
             await asyncio.sleep(0.05)  # a server that repeats the (empty) body: do not spin
 
 
+class CompletionShape:
+    """Choices as OpenAI's completions endpoint writes them (``chat.ChatShape`` is the chat one)."""
+
+    object = "text_completion"
+    chunk_object = "text_completion"
+    id_prefix = "cmpl-"
+
+    @staticmethod
+    def choice(index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
+        return {"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}
+
+    @staticmethod
+    def opening(index: int) -> dict[str, Any] | None:
+        return None  # completions' streams start with the text
+
+    @staticmethod
+    def piece(index: int, text: str) -> dict[str, Any]:
+        return CompletionShape.choice(index, text, None)
+
+    @staticmethod
+    def ending(index: int, finish_reason: str) -> dict[str, Any]:
+        return CompletionShape.choice(index, "", finish_reason)
+
+
 async def _collect(rows: list[GenerationRow], events: asyncio.Queue, reply: dict[str, Any],
-                   usage: dict[str, int], request: Request | None = None) -> dict[str, Any]:
+                   usage: dict[str, int], shape: CompletionShape | ChatShape,
+                   request: Request | None = None) -> dict[str, Any]:
     texts = {r.index: [] for r in rows}
     finish: dict[int, str] = {}
     completion_tokens = 0
@@ -470,38 +534,40 @@ async def _collect(rows: list[GenerationRow], events: asyncio.Queue, reply: dict
             watcher.cancel()
         for row in rows:  # a cancelled or failed request frees its places in the batch
             row.cancelled = True
-    choices = [{"text": "".join(texts[i]), "index": i, "logprobs": None, "finish_reason": finish[i]}
-               for i in sorted(texts)]
+    choices = [shape.choice(i, "".join(texts[i]), finish[i]) for i in sorted(texts)]
     usage = {**usage, "completion_tokens": completion_tokens,
              "total_tokens": usage["prompt_tokens"] + completion_tokens}
-    return {**reply, "object": "text_completion", "choices": choices, "usage": usage}
+    return {**reply, "object": shape.object, "choices": choices, "usage": usage}
 
 
 async def _stream(rows: list[GenerationRow], events: asyncio.Queue, reply: dict[str, Any], usage: dict[str, int],
-                  include_usage: bool) -> AsyncIterator[str]:
-    """Server-sent events as OpenAI sends them: one chunk per piece of text, ``[DONE]`` at the end."""
+                  include_usage: bool, shape: CompletionShape | ChatShape) -> AsyncIterator[str]:
+    """Server-sent events as OpenAI sends them: one chunk per piece of text (chat: the role first), a last
+    one per choice with its finish reason, ``[DONE]`` at the end."""
     done, completion_tokens = 0, 0
 
-    def chunk(index: int, text: str, finish_reason: str | None) -> str:
-        body = {**reply, "object": "text_completion",
-                "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}]}
-        return f"data: {json.dumps(body)}\n\n"
+    def chunk(choice: dict[str, Any]) -> str:
+        return f"data: {json.dumps({**reply, 'object': shape.chunk_object, 'choices': [choice]})}\n\n"
 
     try:
+        for row in rows:
+            opening = shape.opening(row.index)
+            if opening is not None:
+                yield chunk(opening)
         while done < len(rows):
             kind, data = await events.get()
             if kind == "text":
-                yield chunk(data["index"], data["text"], None)
+                yield chunk(shape.piece(data["index"], data["text"]))
             elif kind == "done":
                 done += 1
                 completion_tokens += data["tokens"]
-                yield chunk(data["index"], "", data["finish_reason"])
+                yield chunk(shape.ending(data["index"], data["finish_reason"]))
             else:
                 err = api_error(data["error"])
                 yield f"data: {json.dumps(_error_body(err.message, err.kind, err.param, err.code))}\n\n"
                 return
         if include_usage:
-            body = {**reply, "object": "text_completion", "choices": [],
+            body = {**reply, "object": shape.chunk_object, "choices": [],
                     "usage": {**usage, "completion_tokens": completion_tokens,
                               "total_tokens": usage["prompt_tokens"] + completion_tokens}}
             yield f"data: {json.dumps(body)}\n\n"

@@ -38,13 +38,17 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--api-key", default=os.environ.get("LORAKIT_API_KEY") or None, metavar="KEY",
                    help="require 'Authorization: Bearer KEY' (the openai client's api_key) on /v1/completions, "
-                        "/v1/classify and /v1/models, and on adapter loading when there is no --admin-token "
-                        "(default: $LORAKIT_API_KEY; prefer the variable: arguments show in process lists)")
+                        "/v1/chat/completions, /v1/classify and /v1/models, and on adapter loading when there is "
+                        "no --admin-token (default: $LORAKIT_API_KEY; prefer the variable: arguments show in "
+                        "process lists)")
     p.add_argument("--admin-token", default=os.environ.get("LORAKIT_ADMIN_TOKEN") or None, metavar="TOKEN",
                    help="require 'Authorization: Bearer TOKEN' on /v1/adapters/load and /unload "
                         "(default: $LORAKIT_ADMIN_TOKEN)")
     p.add_argument("--max-body-bytes", type=int, default=MIB, metavar="N",
                    help=f"larger request bodies get 413, unread (default: {MIB}, 1 MiB)")
+    p.add_argument("--chat-template", metavar="FILE",
+                   help="Jinja chat template for /v1/chat/completions, for a base whose tokenizer has none (or "
+                        "to replace its own); without one, such a base answers chat requests with 400")
     p.set_defaults(func=run_serve)
     return p
 
@@ -85,7 +89,7 @@ def run_serve(args: argparse.Namespace) -> int:
     engine.start()
     try:
         app = create_app(engine, args.model, api_key=args.api_key, admin_token=args.admin_token,
-                         max_body_bytes=args.max_body_bytes)
+                         max_body_bytes=args.max_body_bytes, chat_template=args.chat_template)
         uvicorn.run(app, host=args.host, port=args.port, log_level="info",
                     timeout_graceful_shutdown=30)  # then open requests are cut rather than waited on for ever
     finally:

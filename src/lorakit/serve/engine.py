@@ -74,6 +74,7 @@ class GenerationRow:
     index: int = 0
     seed: int | None = None  # this row's stream (``decode.sampling.row_seed``); None: drawn from the OS
     top_k: int = 0
+    stop_ids: frozenset[int] = frozenset()  # token ids that end this row besides EOS (a chat's end-of-turn)
     tokens: list[int] = field(default_factory=list)
     sampling: Sampling = GREEDY  # set when queued: the row's settings and generator
     stop_text: StopText | None = None
@@ -529,7 +530,8 @@ class Engine:
         """Take ``token`` into ``row``; the finish reason when the row is done."""
         if row.cancelled:
             return "cancelled"
-        end = take_token(token, row.tokens, row.max_tokens, self.eos)  # EOS and max tokens as in ``generate``
+        eos = self.eos | row.stop_ids if row.stop_ids else self.eos
+        end = take_token(token, row.tokens, row.max_tokens, eos)  # EOS and max tokens as in ``generate``
         if end == "stop":
             self._flush(row)
             return "stop"

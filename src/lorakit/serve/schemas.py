@@ -1,7 +1,8 @@
 """Request bodies of the HTTP API, checked by pydantic (FastAPI answers 422 naming the field and reason).
 
-The completion fields follow OpenAI's ``/v1/completions``; fields it defines that this server does not
-implement are accepted only at their neutral value, so a request never silently means something else.
+The completion and chat fields follow OpenAI's ``/v1/completions`` and ``/v1/chat/completions`` (their
+sampling fields shared, checked once); fields OpenAI defines that this server does not implement are
+accepted only at their neutral value, so a request never silently means something else.
 Every request refuses what would otherwise fail deep inside with a 500: NaN and infinite numbers (JSON
 as Python parses it allows ``NaN`` and ``Infinity``), text that is not valid unicode (a lone surrogate
 such as ``"\ud800"`` cannot be tokenized or encoded), integers the engine cannot hold (seeds beyond 64
@@ -20,11 +21,13 @@ from .registry import MAX_PATH_CHARS
 MAX_STOPS = 4
 MAX_STOP_CHARS = 1000  # stop strings are matched on the engine thread after every token: keep that cheap
 MAX_INPUTS = 2048  # texts per /v1/classify request (OpenAI's limit for embeddings inputs)
+DEFAULT_CHAT_MAX_TOKENS = 512  # a chat request without max_tokens: at most this, or what the context leaves
 
 
 def _accepts_bool(annotation: Any) -> bool:
-    """Whether a field's type admits ``bool`` anywhere (``bool``, ``bool | None``, ``list[bool]``...)."""
-    return annotation is bool or any(_accepts_bool(arg) for arg in typing.get_args(annotation))
+    """Whether a field's type admits ``bool`` anywhere (``bool``, ``bool | None``, ``list[bool]``, ``Any``:
+    a field checked by its own code, as chat ``messages`` are)."""
+    return annotation is bool or annotation is Any or any(_accepts_bool(arg) for arg in typing.get_args(annotation))
 
 
 def _has_bool(value: Any) -> bool:
@@ -80,10 +83,10 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class CompletionRequest(_Request):
+class _GenerationRequest(_Request):
+    """The sampling fields ``/v1/completions`` and ``/v1/chat/completions`` share, checked one way for both."""
+
     model: str = Field(min_length=1, description="an adapter name, or the base model's name for no adapter")
-    prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(16, ge=1, le=2**31 - 1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=-1, le=2**31 - 1, description="sample from the k most likely tokens only (an "
@@ -95,20 +98,11 @@ class CompletionRequest(_Request):
     seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1, description="any 64-bit integer, signed or not")
     user: str | None = None
     # OpenAI fields without an implementation here: only their neutral values are accepted
-    echo: bool = False
-    logprobs: int | None = None
-    best_of: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[str, float] | None = None
-    suffix: str | None = None
 
-    @field_validator("prompt")
-    @classmethod
-    def _some_prompt(cls, value: str | list) -> str | list:
-        if isinstance(value, list) and not value:
-            raise ValueError("prompt is an empty list: send a text, a list of texts or token ids")
-        return value
+    NEUTRAL: typing.ClassVar[tuple[tuple[str, Any], ...]] = (("presence_penalty", 0.0), ("frequency_penalty", 0.0))
 
     @field_validator("top_k")
     @classmethod
@@ -129,16 +123,48 @@ class CompletionRequest(_Request):
         return stops
 
     @model_validator(mode="after")
-    def _unsupported(self) -> CompletionRequest:
-        for name, neutral in (("echo", False), ("logprobs", None), ("presence_penalty", 0.0),
-                              ("frequency_penalty", 0.0), ("suffix", None)):
+    def _unsupported(self) -> _GenerationRequest:
+        for name, neutral in self.NEUTRAL:
             if getattr(self, name) != neutral:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not supported by this server")
-        if self.best_of not in (None, 1):
-            raise ValueError("best_of is not supported by this server")
         if self.logit_bias:
             raise ValueError("logit_bias is not supported by this server")
         return self
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    def new_tokens(self, longest_prompt: int, context: int | None) -> int:
+        """How many tokens each row may generate, before the context check."""
+        raise NotImplementedError
+
+
+class CompletionRequest(_GenerationRequest):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(16, ge=1, le=2**31 - 1)
+    echo: bool = False
+    logprobs: int | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+    NEUTRAL = (*_GenerationRequest.NEUTRAL, ("echo", False), ("logprobs", None), ("suffix", None))
+
+    @field_validator("prompt")
+    @classmethod
+    def _some_prompt(cls, value: str | list) -> str | list:
+        if isinstance(value, list) and not value:
+            raise ValueError("prompt is an empty list: send a text, a list of texts or token ids")
+        return value
+
+    @model_validator(mode="after")
+    def _no_best_of(self) -> CompletionRequest:
+        if self.best_of not in (None, 1):
+            raise ValueError("best_of is not supported by this server")
+        return self
+
+    def new_tokens(self, longest_prompt: int, context: int | None) -> int:
+        return self.max_tokens or 16  # OpenAI's default for completions
 
     def prompts(self) -> list[str | list[int]]:
         """The prompts as a list: texts, or token id lists."""
@@ -148,6 +174,35 @@ class CompletionRequest(_Request):
         if p and all(isinstance(x, int) for x in p):
             return [list(p)]
         return list(p)
+
+
+class ChatRequest(_GenerationRequest):
+    """OpenAI's ``/v1/chat/completions``. ``messages`` is checked by ``lorakit.data.chat.check_messages`` (the
+    check training files get), so its 422s name the field (``messages[2].role``), not pydantic's loc."""
+
+    messages: Any
+    max_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=2**31 - 1, description="OpenAI's newer name for "
+                                              "max_tokens; wins when both are given")
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+
+    NEUTRAL = (*_GenerationRequest.NEUTRAL, ("top_logprobs", None))
+
+    @model_validator(mode="after")
+    def _no_logprobs(self) -> ChatRequest:
+        if self.logprobs:
+            raise ValueError("logprobs=True is not supported by this server")
+        return self
+
+    def new_tokens(self, longest_prompt: int, context: int | None) -> int:
+        """The limit asked for, else as much as the context leaves, at most ``DEFAULT_CHAT_MAX_TOKENS`` (the
+        KV cache is reserved for the whole limit up front, so "unlimited" must not mean the context)."""
+        asked = self.max_completion_tokens or self.max_tokens
+        if asked:
+            return asked
+        room = DEFAULT_CHAT_MAX_TOKENS if context is None else context - longest_prompt
+        return max(1, min(DEFAULT_CHAT_MAX_TOKENS, room))
 
 
 Pair = Annotated[list[str], Field(min_length=2, max_length=2)]
