@@ -5,13 +5,12 @@ Two rows of its output layer are swapped so that its greedy answer to ``MESSAGES
 after a few tokens: stopping at the template's end-of-turn token is checked, not only stopping at the limit.
 References come from lorakit's own decoding of the conversation rendered by ``lorakit.data.chat``, computed
 before the server owns the model; a second server has no chat template, a third gets one with
-``create_app(chat_template=...)`` (what ``lorakit serve --chat-template`` passes).
+``serve_in_thread(chat_template=...)`` (what ``lorakit serve --chat-template`` passes).
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 import json
 from typing import Any
 
@@ -23,12 +22,10 @@ from test_serve_api import EOS, _configs, tiny_llama
 from test_serve_http_hardening import _error, _post
 
 import lorakit
-import lorakit.serve.server as server_module
 from lorakit.data.chat import end_of_turn_id, render_generation_prompt
 from lorakit.decode.api import eos_ids, generate_ids
 from lorakit.decode.config import DecodeConfig
 from lorakit.models import ModelNotFoundError, gpt2_tokenizer, load_model
-from lorakit.serve.app import create_app
 from lorakit.serve.chat import ChatPrompts
 from lorakit.serve.server import build_engine, serve_in_thread
 
@@ -274,9 +271,7 @@ def overridden(world, tmp_path_factory):
                     add_special_tokens=False)["input_ids"]
     ref = tokenizer.decode(greedy(world["plain"], ids, [EOS]), skip_special_tokens=True)
     engine = build_engine(copy.deepcopy(world["plain"]), tokenizer, world["root"])
-    with pytest.MonkeyPatch.context() as patch:  # serve_in_thread builds its app with create_app
-        patch.setattr(server_module, "create_app", functools.partial(create_app, chat_template=str(path)))
-        running = serve_in_thread(engine, BASE, api_key=API_KEY)
+    running = serve_in_thread(engine, BASE, api_key=API_KEY, chat_template=str(path))
     yield running, messages, ref
     running.stop()
 

@@ -1,4 +1,10 @@
-"""``lorakit`` command line: thin sub-commands over the library."""
+"""``lorakit`` command line: thin sub-commands over the library.
+
+Sub-commands import what they run inside their handlers, so ``lorakit --help`` and a mistyped flag answer at
+once instead of after loading torch and transformers. Elsewhere in the package, imports inside functions are
+kept for optional or slow third-party packages only (the ``metrics``, ``serve`` and ``plots`` extras,
+``datasets``, scikit-learn).
+"""
 
 from __future__ import annotations
 

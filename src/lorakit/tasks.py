@@ -15,6 +15,7 @@ from torch import nn
 
 from .data import Example, load_dart, load_e2e, load_webnlg, training_pairs
 from .data.glue import GLUE_TASKS, GlueExample, GlueSpec, load_glue
+from .metrics.glue import glue_scores
 from .train.batching import ClassificationSample, Sample, tokenize_pairs
 from .train.loss import CausalLMLoss, SequenceClassificationLoss
 
@@ -102,8 +103,6 @@ class GLUETask:
 
     def score(self, outputs: Sequence[float], labels: Sequence[float]) -> dict[str, float]:
         """GLUE's official metrics, headline first: class ids (STS-B: scores) against the labels."""
-        from .metrics.glue import glue_scores
-
         return glue_scores(self.name, outputs, labels)
 
     def loss(self, model: nn.Module, label_smoothing: float = 0.0) -> nn.Module:

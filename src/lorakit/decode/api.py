@@ -11,6 +11,7 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .config import DecodeConfig
 from .runner import CausalLM
@@ -93,8 +94,6 @@ def generate_ids(model: nn.Module, prompts: Sequence[Sequence[int]], config: Dec
 def _progress_bar(total: int, enabled: bool):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, unit="input", desc="generating", dynamic_ncols=True)
 
 

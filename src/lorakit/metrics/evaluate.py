@@ -10,8 +10,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..data.user import UserDataError, load_user_data, parse_columns, references
 from ..data.user.load import INTEGER_TEXT as _INT
+from ..files import atomic_write
+from ..tasks import get_task
 from .files import MetricsFileError, MetricsWarning, read_hypotheses
+from .glue import glue_metric
 from .labels import read_label_names
 
 
@@ -20,7 +24,6 @@ def evaluate_predictions(task: str, split: str, predictions: str | os.PathLike[s
     """Scores of ``predictions`` (one line per input, in the split's order, as ``lorakit generate`` writes
     them) on ``task``'s ``split``: E2E's five metrics, or WebNLG/DART's BLEU/METEOR/TER (WebNLG per
     seen/unseen/all category)."""
-    from ..tasks import get_task
     from .e2e import e2e_scores
     from .webnlg import dart_scores, webnlg_scores_by_category
 
@@ -42,9 +45,6 @@ def write_references(task: str, split: str, path: str | os.PathLike[str],
                      root: str | os.PathLike[str] | None = None) -> int:
     """The split's references in the e2e-metrics layout (an input's references on consecutive lines, inputs
     separated by an empty line), for ``lorakit metrics`` or the official scorers; returns the input count."""
-    from ..files import atomic_write
-    from ..tasks import get_task
-
     examples = get_task(task).examples(split, root)
     text = "\n\n".join("\n".join(ex.references) for ex in examples) + "\n"
     atomic_write(Path(path), text.encode("utf-8"))
@@ -71,8 +71,6 @@ def evaluate_user_predictions(predictions: str | os.PathLike[str], data: str | o
     folder holding it) giving the names in id order; float labels (regression): Pearson and Spearman.
     ``format``/``columns`` as in :func:`lorakit.data.user.load_user_data`.
     """
-    from ..data.user import UserDataError, load_user_data, references
-
     gold = load_user_data(data, format=format, columns=columns)
     if gold.format == "text":
         raise UserDataError("format text has no references to score against (expected prompt + completion, "
@@ -99,8 +97,6 @@ def evaluate_user_predictions(predictions: str | os.PathLike[str], data: str | o
 
 def columns_key(columns: str | Mapping[str, str] | None, key: str) -> str:
     """The file's column name for our ``key`` (errors name what the user wrote)."""
-    from ..data.user import parse_columns
-
     return parse_columns(columns).get(key, key)
 
 
@@ -183,8 +179,6 @@ def classification_scores(predicted: Sequence[str], gold: Sequence[str],
 
 def _regression_scores(lines: Sequence[str], gold: Sequence[float], path: str | os.PathLike[str],
                        gold_path: str) -> dict[str, float]:
-    from .glue import glue_metric
-
     values = []
     for number, line in enumerate(lines, start=1):
         try:

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..data.glue import glue_spec
+
 
 def glue_metric(name: str, predictions: Sequence[float], labels: Sequence[float]) -> float:
     from scipy.stats import pearsonr, spearmanr
@@ -35,6 +37,4 @@ def glue_metric(name: str, predictions: Sequence[float], labels: Sequence[float]
 
 def glue_scores(task: str, predictions: Sequence[float], labels: Sequence[float]) -> dict[str, float]:
     """The task's metrics, headline first (class ids for classification, scores for STS-B)."""
-    from ..data.glue import glue_spec
-
     return {m: glue_metric(m, predictions, labels) for m in glue_spec(task).metrics}

@@ -17,9 +17,15 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from ..data.common import data_root
+from ..data.glue import glue_file, glue_spec
 from ..files import folder_bytes
+from ..models import load_model
+from ..tasks import get_task
 from ..train.config import TrainConfig
 from ..train.logs import MetricsLog
+from .multitask import MultiTaskClassifier
+from .predict import load_classifier, predict_logits, to_predictions
 
 
 def run_training(settings: dict[str, Any], output: Path) -> dict[str, Any]:
@@ -75,9 +81,6 @@ def settings_for(config: dict[str, Any], task: str, method: str) -> dict[str, An
 
 def benchmark_glue(config: dict[str, Any], tasks: list[str], output: Path, full: bool,
                    switch_repeats: int = 200) -> dict[str, Any]:
-    from ..data.common import data_root
-    from ..data.glue import glue_file, glue_spec
-
     root = config.get("data")
     available = [t for t in tasks if glue_file(t, "train", root).is_file() and glue_file(t, "dev", root).is_file()]
     skipped = [t for t in tasks if t not in available]
@@ -97,8 +100,6 @@ def benchmark_glue(config: dict[str, Any], tasks: list[str], output: Path, full:
 
 def storage_account(model: str, rows: list[dict[str, Any]], output: Path) -> dict[str, Any]:
     """N fully fine-tuned models against one base plus N adapters, from sizes on disk."""
-    from ..models import load_model
-
     base_dir = output / "base-model"
     if not base_dir.is_dir():  # the base as save_pretrained writes it: the same format as a full run's model
         net, tokenizer = load_model(model, "sequence-classification")
@@ -117,10 +118,6 @@ def storage_account(model: str, rows: list[dict[str, Any]], output: Path) -> dic
 def switching_check(model: str, rows: list[dict[str, Any]], root: str | None, repeats: int) -> dict[str, Any]:
     """All task adapters in one model: switch latency, and each task's dev outputs against its adapter
     loaded alone into a fresh base."""
-    from ..tasks import get_task
-    from .multitask import MultiTaskClassifier
-    from .predict import load_classifier, predict_logits, to_predictions
-
     adapters = {r["task"]: Path(r["run"]) / "adapter" for r in rows if r["method"] == "lora"}
     if len(adapters) < 2:
         return {}

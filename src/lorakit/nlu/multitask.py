@@ -12,8 +12,10 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from ..adapters import load_adapter
 from ..data.glue import GlueExample
 from ..lora import set_active_adapters
+from ..models import load_model
 from .predict import predict_logits, to_predictions
 
 
@@ -21,9 +23,6 @@ class MultiTaskClassifier:
     """``MultiTaskClassifier("minilm-l6", {"sst2": "runs/glue/sst2-lora/adapter", ...})``."""
 
     def __init__(self, base: str, adapters: Mapping[str, str | os.PathLike], batch_size: int = 64) -> None:
-        from ..adapters import load_adapter
-        from ..models import load_model
-
         self.model, self.tokenizer = load_model(base, "sequence-classification")
         for task, folder in adapters.items():
             load_adapter(self.model, folder, name=task, activate=False, head_size_from_file=True)

@@ -14,7 +14,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..adapters import load_adapter
 from ..data.glue import GlueExample
+from ..data.user import encode_classification
+from ..files import atomic_write
+from ..metrics.glue import glue_scores
+from ..metrics.labels import read_label_names
+from ..models import load_model
 from ..tasks import GLUETask, get_task
 from ..train.batching import ClassificationSample, collate_classification
 
@@ -22,9 +28,6 @@ from ..train.batching import ClassificationSample, collate_classification
 def load_classifier(model: str, task: str, adapter: str | os.PathLike | None = None):
     """``(model, tokenizer)`` for a GLUE task: a base with the task's head size plus an adapter folder, or a
     fully fine-tuned model folder (``adapter`` None)."""
-    from .. import load_adapter
-    from ..models import load_model
-
     glue = _glue_task(task)
     net, tokenizer = load_model(model, "sequence-classification",
                                 num_labels=glue.num_labels if adapter is not None else None)
@@ -89,8 +92,6 @@ def predict(model: nn.Module, tokenizer, task: str, examples: Sequence[GlueExamp
 def evaluate_glue(model: nn.Module, tokenizer, task: str, split: str = "dev",
                   root: str | os.PathLike | None = None, **kw) -> dict[str, float]:
     """The task's official metrics (x100) on a labelled split."""
-    from ..metrics.glue import glue_scores
-
     glue = _glue_task(task)
     examples = glue.examples(split, root)
     return glue_scores(glue.name, predict(model, tokenizer, glue.name, examples, **kw), [e.label for e in examples])
@@ -100,8 +101,6 @@ def write_predictions(path: str | os.PathLike, task: str, examples: Sequence[Glu
                       predictions: Sequence[int | float], submission: bool = False) -> Path:
     """One prediction per input: its label name (STS-B: the score) on a line. ``submission``: GLUE's format,
     a header ``index<TAB>prediction``, then the test file's index and the label (STS-B clipped to [0, 5])."""
-    from ..files import atomic_write
-
     spec = _glue_task(task).spec
     if len(predictions) != len(examples):
         raise ValueError(f"{len(predictions)} predictions for {len(examples)} inputs")
@@ -128,10 +127,6 @@ def load_user_classifier(model: str, adapter: str | os.PathLike | None = None):
     ``names`` are the label names in class-id order from ``labels.json`` in the adapter (or model) folder,
     the file the server answers with; None when there is none (see :func:`output_names`).
     """
-    from .. import load_adapter
-    from ..metrics.labels import read_label_names
-    from ..models import load_model
-
     folder = adapter if adapter is not None else (model if Path(model).expanduser().is_dir() else None)
     names = None if folder is None else read_label_names(folder, required=False)
     num_labels = None if adapter is None else (len(names) if names else None)
@@ -161,8 +156,6 @@ def predict_user_logits(model: nn.Module, tokenizer, texts: Sequence[str], pairs
                         progress: bool = False) -> torch.Tensor:
     """Logits for sentences (and pairs), encoded exactly as training on a user's file encodes them
     (``lorakit.data.user.encode_classification``); ``truncation`` right or left (every input gets an answer)."""
-    from ..data.user import encode_classification
-
     if truncation not in ("right", "left"):
         raise ValueError(f"truncation for prediction must be right or left, got {truncation!r}")
     samples, _ = encode_classification(tokenizer, texts, pairs, [0] * len(texts), max_length, truncation)

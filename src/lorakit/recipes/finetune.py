@@ -21,6 +21,8 @@ from torch import nn
 from .. import lora
 from ..data.user import PreparedData, generation_prompts, load_user_data, prepare_data, references, split_indices
 from ..decode import generate, preset
+from ..metrics.evaluate import REGRESSION_METRICS, classification_scores, text_scores
+from ..metrics.glue import glue_metric
 from ..metrics.labels import LABELS_NAME
 from ..models import load_model, load_tokenizer
 from ..tasks import Task, get_task, head_modules
@@ -188,9 +190,6 @@ def _user_evaluation(config: TrainConfig, prepared: PreparedData, tokenizer) -> 
     """The eval file (or held-out fraction): loss; accuracy, macro F1 and Matthews (regression: Pearson and
     Spearman); or greedy outputs on ``eval_generate`` examples with references, scored with BLEU, ROUGE-L
     and exact match."""
-    from ..metrics.evaluate import REGRESSION_METRICS, classification_scores, text_scores
-    from ..metrics.glue import glue_metric
-
     assert prepared.eval is not None
     samples = subset(prepared.eval, config.max_eval_examples, config.seed)
     labels = prepared.labels

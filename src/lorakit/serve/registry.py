@@ -8,6 +8,7 @@ outside the adapter folder can ever be read.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import unicodedata
@@ -253,8 +254,6 @@ class AdapterRegistry:
 
 def _labels(folder: Path) -> list[str] | None:
     """Label names of a classification adapter: ``labels.json`` (a JSON list) beside its files, if any."""
-    import json
-
     path = folder / LABELS_NAME
     if not path.is_file():
         return None

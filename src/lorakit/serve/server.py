@@ -6,6 +6,7 @@ stopped cleanly afterwards.
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -49,12 +50,14 @@ class RunningServer:
 
 def serve_in_thread(engine: Engine, base_name: str, host: str = "127.0.0.1", port: int = 0, *,
                     api_key: str | None = None, admin_token: str | None = None,
-                    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> RunningServer:
+                    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                    chat_template: str | os.PathLike[str] | None = None) -> RunningServer:
     """Start ``engine`` and a uvicorn server for it on ``host:port`` (0: any free port); returns once it accepts
-    connections. ``api_key``, ``admin_token``, ``max_body_bytes``: as ``create_app``."""
+    connections. ``api_key``, ``admin_token``, ``max_body_bytes``, ``chat_template``: as ``create_app``."""
     import uvicorn
 
-    app = create_app(engine, base_name, api_key=api_key, admin_token=admin_token, max_body_bytes=max_body_bytes)
+    app = create_app(engine, base_name, api_key=api_key, admin_token=admin_token, max_body_bytes=max_body_bytes,
+                     chat_template=chat_template)
     engine.start()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

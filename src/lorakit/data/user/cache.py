@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors.numpy import load_file, save_file
 
 from ...files import atomic_folder, folder_lock
 from ...train.batching import ClassificationSample, Sample
@@ -90,8 +91,6 @@ def _samples(arrays: Mapping[str, np.ndarray], classification: bool) -> list:
 def _save_cache(root: Path, key: str, prepared: PreparedData) -> Path | None:
     """Built aside and renamed (``atomic_folder``), so a killed run never leaves a half cache behind; a
     cache another process wrote for the same key first is kept (as good, and perhaps being read)."""
-    from safetensors.numpy import save_file
-
     final = root / key
     with folder_lock(final):
         if (final / "meta.json").is_file():
@@ -116,8 +115,6 @@ def _save_cache(root: Path, key: str, prepared: PreparedData) -> Path | None:
 
 
 def _load_cache(folder: Path) -> PreparedData:
-    from safetensors.numpy import load_file
-
     meta = json.loads((folder / "meta.json").read_text())
     classification = meta["format"] == "classification"
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..chat import MessageError, check_messages, type_name
+from ..chat import MessageError, check_messages, render_generation_prompt, type_name
 from .formats import (
     FORMATS,
     OPTIONAL_KEYS,
@@ -282,8 +282,6 @@ def generation_prompts(data: UserData, tokenizer=None, chat_template: str | os.P
         return list(data.columns["prompt"])
     if data.format != "messages":
         raise ValueError(f"format {data.format} has no prompts to generate from")
-    from ..chat import render_generation_prompt
-
     out = []
     for i, messages in enumerate(data.columns["messages"]):
         head = messages[:-1] if messages[-1]["role"] == "assistant" else messages
