@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import shared_data_dir
-from transformers import BertConfig, BertForSequenceClassification
+from train_fixtures import write_tiny_bert
 
 from lorakit.cli import main as lorakit_main
 from lorakit.data import DataFormatError, load_glue
@@ -143,14 +143,7 @@ def write_sentiment(root: Path, train: int = 96, dev: int = 24, seed: int = 0) -
 @pytest.fixture(scope="module")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     """A 2-layer BERT with all-MiniLM-L6-v2's real WordPiece tokenizer, saved as a model folder."""
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = load_tokenizer("minilm-l6")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=128)
-    BertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 def train(root: Path, model: Path | str, task: str, out: Path, *extra: str) -> dict:
@@ -256,6 +249,15 @@ def test_benchmark_glue_command(tmp_path: Path, tiny_bert_dir: Path, capsys) -> 
     assert lorakit_main(["benchmark", "glue", "--config", str(config), "--data", str(root), "--output", str(out),
                          "--tasks", "sst2"]) == 0
     assert (out / "sst2-lora" / "summary.json").stat().st_mtime_ns == stamp
+
+    # a run a time budget stopped is not finished: the next call resumes it rather than reusing it
+    summary = json.loads((out / "sst2-lora" / "summary.json").read_text())
+    (out / "sst2-lora" / "summary.json").write_text(json.dumps({**summary, "stopped_on_time_budget": True}))
+    capsys.readouterr()
+    assert lorakit_main(["benchmark", "glue", "--config", str(config), "--data", str(root), "--output", str(out),
+                         "--tasks", "sst2"]) == 0
+    assert f"$ lorakit train --config {out / 'sst2-lora' / 'benchmark_config.json'} --resume" in capsys.readouterr().out
+    assert not json.loads((out / "sst2-lora" / "summary.json").read_text())["stopped_on_time_budget"]
 
 
 def test_benchmark_sweep_command(tmp_path: Path, tiny_bert_dir: Path) -> None:

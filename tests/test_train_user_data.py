@@ -11,11 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_fixtures import write_e2e, write_tiny_llama
-from transformers import BertConfig, BertForSequenceClassification
+from train_fixtures import write_e2e, write_tiny_bert, write_tiny_llama
 
 from lorakit.cli import main
-from lorakit.models import load_tokenizer
 from lorakit.recipes import build_trainer
 from lorakit.train import TrainConfig, Trainer
 
@@ -153,14 +151,7 @@ def _write_sst2(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = load_tokenizer("minilm-l6")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=128)
-    BertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 def test_sst2_tsv_as_a_users_file_matches_the_glue_task(tiny_bert, tmp_path):
@@ -194,3 +185,14 @@ def test_eval_every_without_validation_data_is_an_error_before_training(workspac
                  *_common(workspace, tmp_path / "run")]) == 2
     assert "eval_every needs validation data" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_an_existing_run_is_refused_before_anything_loads(tmp_path, capsys):
+    """The model named does not exist: the refusal must come first, not after loading and tokenising."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "log.jsonl").write_text("")
+    assert main(["train", "--data", str(tmp_path / "missing.jsonl"), "--model", str(tmp_path / "no-model"),
+                 "--output", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run (log.jsonl, checkpoints; no complete checkpoint yet)" in err, err

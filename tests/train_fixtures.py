@@ -1,4 +1,5 @@
-"""Real files for training tests: a small E2E-format dataset and a tiny Llama saved as a model folder."""
+"""Real files for training tests: a small E2E-format dataset, a tiny Llama and a tiny BERT saved as model
+folders."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import random
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
-from lorakit.models import gpt2_tokenizer
+from lorakit.models import gpt2_tokenizer, load_tokenizer
 
 NAMES = ["The Eagle", "Aromi", "Zizzi", "Cotto", "The Mill", "Loch Fyne", "Wildwood", "Strada"]
 FOODS = ["Chinese", "French", "Italian", "English", "Indian", "Japanese"]
@@ -44,5 +45,17 @@ def write_tiny_llama(folder: Path, seed: int = 0) -> Path:
                          bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
     LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def write_tiny_bert(folder: Path, seed: int = 0) -> Path:
+    """A 2-layer BERT with all-MiniLM-L6-v2's real WordPiece tokenizer (the packaged model's), saved as a
+    model folder."""
+    tokenizer = load_tokenizer("minilm-l6")
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import typing
+from pathlib import Path
 
 from .train.config import TrainConfig, parse_flags
 
@@ -29,9 +31,12 @@ def _info(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from .recipes import setup
+    from .train.trainer import check_fresh_start
 
     flags = parse_flags({f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     config = TrainConfig.from_file(args.config, **flags) if args.config else TrainConfig.from_flags(**flags)
+    if not args.resume:  # before loading anything: an existing run is never overwritten
+        check_fresh_start(Path(config.output), int(os.environ.get("WORLD_SIZE", "1")))
     parts = setup(config)
     trainer = parts.trainer()
     summary = trainer.fit(resume=args.resume)

@@ -31,7 +31,9 @@ from .predict import load_classifier, predict_logits, to_predictions
 def run_training(settings: dict[str, Any], output: Path) -> dict[str, Any]:
     """Train (or reuse, or resume) one run; returns its summary, dev scores and measured sizes."""
     done = output / "summary.json"
-    if not done.is_file():
+    # a run a time budget stopped is not done: it resumes (and its summary is written anew at its end)
+    finished = done.is_file() and not json.loads(done.read_text()).get("stopped_on_time_budget")
+    if not finished:
         resume = (output / "checkpoints").is_dir() and any((output / "checkpoints").iterdir())
         if output.exists() and not resume:
             shutil.rmtree(output)  # started but not even one checkpoint: nothing to keep

@@ -118,6 +118,35 @@ def make_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def resume_command(output: Path, world_size: int = 1) -> str:
+    """The one command that continues the run in ``output``, whatever state it is in."""
+    saved = output / "run_config.json"
+    if not saved.is_file():
+        return "the same command with --resume"
+    command = ["lorakit", "train", "--config", str(saved)]
+    try:
+        if Path(json.loads(saved.read_text()).get("output", "")) != output:  # the folder was moved
+            command += ["--output", str(output)]
+    except (ValueError, AttributeError):
+        pass
+    prefix = "torchrun ... " if world_size > 1 else ""
+    return prefix + shlex.join([*command, "--resume"])
+
+
+def check_fresh_start(output: str | os.PathLike, world_size: int = 1) -> None:
+    """A fresh start never overwrites a run: FileExistsError naming what is there and the command that
+    continues it. Checked again before loading anything (``lorakit train``), so the answer is immediate."""
+    output = Path(output)
+    earlier = [p.name for p in (output / "log.jsonl", output / "checkpoints", output / "adapter", output / "model")
+               if p.exists()]
+    if earlier:
+        point = ckpt.resume_point(output)
+        state = f"last checkpoint at step {ckpt.step_of(point)}" if point else "no complete checkpoint yet"
+        raise FileExistsError(f"{output} already holds a run ({', '.join(earlier)}; {state}); to continue it: "
+                              f"{resume_command(output, world_size)}; to start afresh remove {output} or choose "
+                              "another --output")
+
+
 class Trainer:
     """One run: ``Trainer(config, model, tokenizer, samples, loss).fit(resume=False)`` writes the run folder
     and returns a summary. ``model`` carries its adapter already (or is trained whole with
@@ -228,31 +257,14 @@ class Trainer:
 
     def resume_command(self) -> str:
         """The one command that continues this run, whatever state it is in."""
-        saved = self.output / "run_config.json"
-        if not saved.is_file():
-            return "the same command with --resume"
-        command = ["lorakit", "train", "--config", str(saved)]
-        try:
-            if Path(json.loads(saved.read_text()).get("output", "")) != self.output:  # the folder was moved
-                command += ["--output", str(self.output)]
-        except (ValueError, AttributeError):
-            pass
-        prefix = "torchrun ... " if self.procs.world_size > 1 else ""
-        return prefix + shlex.join([*command, "--resume"])
+        return resume_command(self.output, self.procs.world_size)
 
     def resume_step(self, resume: bool) -> int:
         """Where this session starts. A fresh start refuses a folder that holds a run and names the command
         that continues it; ``resume`` continues from the last complete checkpoint, or from step 0 (and says
         so) when there is none, after removing what killed processes left half-written."""
         if not resume:
-            earlier = [p.name for p in (self.log.path, self.output / "checkpoints", self.output / "adapter",
-                                        self.output / "model") if p.exists()]
-            if earlier:
-                point = ckpt.resume_point(self.output)
-                state = f"last checkpoint at step {ckpt.step_of(point)}" if point else "no complete checkpoint yet"
-                raise FileExistsError(f"{self.output} already holds a run ({', '.join(earlier)}; {state}); "
-                                      f"to continue it: {self.resume_command()}; to start afresh remove "
-                                      f"{self.output} or choose another --output")
+            check_fresh_start(self.output, self.procs.world_size)
             return 0
         if self.procs.main:
             for path in ckpt.clean_stale(self.output):

@@ -1,0 +1,177 @@
+"""How a frozen weight is stored and multiplied: int8, NF4 or bf16, each with its fastest measured kernel.
+
+Each format is a small ``nn.Module`` holding one (out x in) weight: ``matmul(x)`` is ``x @ W^T`` with the
+stored weight, ``dequantize()`` the weight back in the original dtype (what backward multiplies by, and
+what ``weight`` reads return), ``nbytes`` what it keeps in memory. Kernels were chosen by
+``benchmarks/quant_kernels.py`` (docs/quantization.md has the tables):
+
+- int8: per-output-channel symmetric int8 weights, activations quantized per call (per tensor) by
+  PyTorch's fbgemm kernel ``quantized.linear_dynamic``, the fastest kernel measured on both AVX2 and
+  AVX-512 CPUs (int8 weight-only ``_weight_int8pack_mm`` and torchao's int8 configs were 3-30x slower).
+  CPU only. Only the packed weight is kept (1 byte a weight); backward unpacks it.
+- nf4: 4-bit NormalFloat (QLoRA, Dettmers et al. 2023, arXiv 2305.14314) in blocks of 64 with an fp32
+  absmax per block (no double quantization): 0.56 bytes a weight. No CPU kernel multiplies NF4 faster
+  than dequantize + fp32 matmul (bitsandbytes and torchao do the same), so it saves memory, not time.
+- bf16: the weight rounded to bfloat16, multiplied in bf16 (fast with AVX512-BF16 or AMX, slow without).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..hardware import cpu_flags
+
+# NF4's 16 levels: quantiles of N(0, 1) scaled to [-1, 1], as in QLoRA and bitsandbytes
+NF4_LEVELS = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+              -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+              0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+              0.7229568362236023, 1.0)
+NF4_BLOCK = 64
+
+
+class QuantWeight(nn.Module):
+    """One frozen (out x in) weight in a compact format."""
+
+    mode: str = ""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.dtype = weight.dtype if weight.is_floating_point() else torch.float32  # what dequantize returns
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def dequantize(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.buffers(), torch.empty(0)).device
+
+    def extra_repr(self) -> str:
+        return f"{self.mode}, out={self.out_features}, in={self.in_features}"
+
+    def _apply(self, fn, recurse: bool = True):
+        """Only device moves apply: ``model.to(torch.bfloat16)`` must not round the stored scales (NF4's
+        absmax) or turn bf16 into another precision. The target device is read off ``fn``'s result."""
+        device = fn(torch.empty(0)).device
+        for name, buffer in self._buffers.items():
+            if buffer is not None:
+                self._buffers[name] = buffer.to(device)
+        return self
+
+
+# --- int8 ---------------------------------------------------------------------------------------------
+def int8_kernel_available() -> bool:
+    """Whether this PyTorch build has the fbgemm/x86 quantized engine behind ``linear_dynamic``."""
+    return bool({"x86", "fbgemm"} & set(torch.backends.quantized.supported_engines))
+
+
+def _int8_reduce_range() -> bool:
+    """fbgemm without VNNI sums u8 x s8 pairs in int16 (``vpmaddubsw``), which saturates unless activations
+    use 7 bits; with VNNI (AVX512-VNNI, AMX) the full 8 bits are safe and halve the error (measured 1.1% vs
+    1.9% relative on random 8-row inputs)."""
+    flags = cpu_flags()
+    return not ("avx512_vnni" in flags or "amx_int8" in flags)
+
+
+class Int8Weight(QuantWeight):
+    mode = "int8"
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__(weight)
+        if weight.device.type != "cpu":
+            raise ValueError(f"int8 runs on the CPU (PyTorch's fbgemm kernel); this weight is on {weight.device}: "
+                             "use bf16 or nf4 there")
+        if not int8_kernel_available():
+            raise RuntimeError("this PyTorch build has no x86/fbgemm quantized engine: use bf16 or nf4")
+        w = weight.detach().float()
+        scale = (w.abs().amax(dim=1) / 127).clamp_min(1e-12).double()
+        with warnings.catch_warnings():  # quantized tensors are deprecated as a user API; the kernel is not
+            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+            q = torch.quantize_per_channel(w, scale, torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
+        self.packed = torch.ops.quantized.linear_prepack(q, None)  # no bias: a trainable bias stays outside
+        self.reduce_range = _int8_reduce_range()
+        self._bytes = q.numel() + 8 * scale.numel()  # what the packed weight holds (int8 values, scales)
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            raise RuntimeError(f"int8 weights are on the CPU, the input is on {x.device}")
+        y = torch.ops.quantized.linear_dynamic(x.float().contiguous(), self.packed, self.reduce_range)
+        return y.to(x.dtype)
+
+    def dequantize(self) -> torch.Tensor:
+        return torch.ops.quantized.linear_unpack(self.packed)[0].dequantize().to(self.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def _apply(self, fn, recurse: bool = True):
+        device = fn(torch.empty(0)).device
+        if device.type != "cpu":
+            raise RuntimeError(f"int8 weights stay on the CPU (PyTorch's fbgemm kernel), cannot move to {device}; "
+                               "quantize with bf16 or nf4 for another device")
+        return self
+
+
+# --- NF4 ----------------------------------------------------------------------------------------------
+class NF4Weight(QuantWeight):
+    mode = "nf4"
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__(weight)
+        flat = weight.detach().float().flatten()
+        pad = (-flat.numel()) % NF4_BLOCK
+        blocks = F.pad(flat, (0, pad)).view(-1, NF4_BLOCK)
+        absmax = blocks.abs().amax(dim=1).clamp_min(1e-12)
+        levels = torch.tensor(NF4_LEVELS, device=flat.device)
+        codes = torch.bucketize(blocks / absmax[:, None], (levels[1:] + levels[:-1]) / 2)  # the nearest level
+        self.register_buffer("codes", (codes[:, 0::2] << 4 | codes[:, 1::2]).to(torch.uint8))
+        self.register_buffer("absmax", absmax)
+        # both levels a byte stands for, so that one lookup decodes two weights
+        pairs = torch.stack([levels.repeat_interleave(16), levels.repeat(16)], dim=-1)
+        self.register_buffer("pairs", pairs, persistent=False)
+
+    def dequantize(self) -> torch.Tensor:
+        values = self.pairs.index_select(0, self.codes.flatten().int()).view(-1, NF4_BLOCK)
+        values = (values * self.absmax[:, None]).flatten()[:self.out_features * self.in_features]
+        return values.view(self.out_features, self.in_features).to(self.dtype)
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.dequantize().to(x.dtype))
+
+    @property
+    def nbytes(self) -> int:
+        return self.codes.numel() + 4 * self.absmax.numel()
+
+
+# --- bf16 ---------------------------------------------------------------------------------------------
+class BF16Weight(QuantWeight):
+    mode = "bf16"
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__(weight)
+        self.register_buffer("values", weight.detach().to(torch.bfloat16).contiguous())
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(torch.bfloat16), self.values).to(x.dtype)
+
+    def dequantize(self) -> torch.Tensor:
+        return self.values.to(self.dtype)
+
+
+FORMATS: dict[str, type[QuantWeight]] = {"int8": Int8Weight, "nf4": NF4Weight, "bf16": BF16Weight}
