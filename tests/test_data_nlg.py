@@ -228,6 +228,20 @@ def test_webnlg_test_file_without_lex(tmp_path):
     assert [ex.references for ex in load_webnlg("test", tmp_path)] == [(), ()]
 
 
+def test_test_splits_fall_back_to_the_inputs_only_files(tmp_path):
+    """The files these shared tasks give out with the references held back; the official ones win."""
+    no_lex = "\n".join(line for line in WEBNLG_XML.splitlines() if "<lex" not in line)
+    _write(tmp_path / "webnlg2017" / "test" / "testdata_no_lex.xml", no_lex)
+    assert [ex.references for ex in load_webnlg("test", tmp_path)] == [(), ()]
+    _write(tmp_path / "webnlg2017" / "test" / "testdata_with_lex.xml", WEBNLG_XML)
+    assert all(ex.references for ex in load_webnlg("test", tmp_path))
+    inputs = '[{"tripleset": [["A", "B", "C"]], "subtree_was_extended": false}]'
+    _write(tmp_path / "dart" / "dart-v1.1.1-full-test-inputs.json", inputs)
+    assert [(ex.source, ex.references) for ex in load_dart("test", tmp_path)] == [("A : b : C", ())]
+    with pytest.raises(FileNotFoundError, match=r"neither .*testset_w_refs\.csv nor .*testset\.csv"):
+        load_e2e("test", tmp_path)
+
+
 def test_webnlg_bad_xml_reports_parser_position(tmp_path):
     path = _write(tmp_path / "broken.xml", WEBNLG_XML.replace("</entry>", "</entri>", 1))
     with pytest.raises(DataFormatError) as info:
@@ -327,6 +341,20 @@ def test_real_e2e_train_and_test():
     if (root / "e2e" / "testset.csv").exists() and not (root / "e2e" / "testset_w_refs.csv").exists():
         test = load_e2e("test", root)
         assert len(test) == 630 and count_references(test) == 0
+
+
+def test_real_test_inputs_in_official_order():
+    """The test inputs given out (references held back): counts and first inputs, in the official order."""
+    root = _real("webnlg2017", "test", "testdata_no_lex.xml")
+    webnlg = load_webnlg("test", root)
+    assert len(webnlg) == 1862 and count_references(webnlg) == 0
+    assert webnlg[0].meta["eid"] == "Id1"
+    assert webnlg[0].source == "Abilene_Regional_Airport : cityServed : Abilene,_Texas"
+    assert {ex.meta["seen"] for ex in webnlg} == {True, False}
+    if (root / "dart" / "dart-v1.1.1-full-test-inputs.json").exists():
+        dart = load_dart("test", root)
+        assert len(dart) == 5097 and count_references(dart) == 0
+        assert dart[0].source.startswith("Hawaii Five-O : notes : Episode: The Flight of the Jewels")
 
 
 def test_real_webnlg_dev():

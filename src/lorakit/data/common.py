@@ -97,6 +97,17 @@ def dataset_file(root: str | os.PathLike[str] | None, *parts: str, hint: str = "
     return path
 
 
+def official_test_file(root: str | os.PathLike[str] | None, folder: str, with_refs: str, inputs_only: str, *,
+              hint: str = "") -> Path:
+    """The official test file with references if a user has it, else the inputs-only file these shared tasks
+    give out (references held back: outputs are scored elsewhere); FileNotFoundError naming both."""
+    base = data_root(root) / folder
+    for name in (with_refs, inputs_only):
+        if (base / name).exists():
+            return base / name
+    raise FileNotFoundError(f"neither {base / with_refs} nor {base / inputs_only} found{': ' + hint if hint else ''}")
+
+
 def check_split(split: str, allowed: Sequence[str]) -> None:
     """Reject an unknown split name up front, listing the known ones."""
     if split not in allowed:

@@ -14,12 +14,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .common import DataFormatError, Example, check_split, data_root, dataset_file, linearize_triples, read_text
+from .common import (
+    DataFormatError,
+    Example,
+    check_split,
+    data_root,
+    dataset_file,
+    linearize_triples,
+    official_test_file,
+    read_text,
+)
 from .download import DEFAULT_TIMEOUT, fetch_files
 
 DART_DIR = "dart"
 DART_BASE_URL = "https://raw.githubusercontent.com/Yale-LILY/dart/master/data/v1.1.1/"
 DART_FILES = {split: f"dart-v1.1.1-full-{split}.json" for split in ("train", "dev", "test")}
+DART_TEST_INPUTS_ONLY = "dart-v1.1.1-full-test-inputs.json"  # test entries without "annotations"
 SPLITS = ("train", "dev", "test")
 
 
@@ -70,9 +80,14 @@ def _entry(entry: Any, path: Path, index: int) -> Example:
 
 
 def load_dart(split: str, root: str | os.PathLike[str] | None = None) -> list[Example]:
-    """DART ``split`` ("train", "dev", "test") from ``<root>/dart/dart-v1.1.1-full-<split>.json``."""
+    """DART ``split`` ("train", "dev", "test") from ``<root>/dart/dart-v1.1.1-full-<split>.json`` (test: or the
+    inputs-only ``dart-v1.1.1-full-test-inputs.json``, whose examples have no references)."""
     check_split(split, SPLITS)
-    path = dataset_file(root, DART_DIR, DART_FILES[split], hint="get it with lorakit.data.download_dart")
+    hint = "get it with lorakit.data.download_dart"
+    if split == "test":
+        path = official_test_file(root, DART_DIR, DART_FILES["test"], DART_TEST_INPUTS_ONLY, hint=hint)
+    else:
+        path = dataset_file(root, DART_DIR, DART_FILES[split], hint=hint)
     return read_dart_json(path)
 
 

@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .common import DataFormatError, Example, check_split, data_root, dataset_file, read_text
+from .common import DataFormatError, Example, check_split, data_root, dataset_file, official_test_file, read_text
 from .download import DEFAULT_TIMEOUT, fetch_files
 
 E2E_DIR = "e2e"
@@ -122,13 +122,9 @@ def _fields(
 def e2e_path(split: str, root: str | os.PathLike[str] | None = None) -> Path:
     """The file for ``split``; for test, ``testset_w_refs.csv`` if present, else ``testset.csv``."""
     check_split(split, SPLITS)
-    folder = data_root(root) / E2E_DIR
-    with_refs, inputs_only = folder / E2E_FILES["test"], folder / E2E_TEST_INPUTS_ONLY
-    if split == "test" and not with_refs.exists() and inputs_only.exists():
-        return inputs_only
     hint = "get it with lorakit.data.download_e2e"
     if split == "test":
-        hint = f"neither it nor {inputs_only.name} is there; {hint}"
+        return official_test_file(root, E2E_DIR, E2E_FILES["test"], E2E_TEST_INPUTS_ONLY, hint=hint)
     return dataset_file(root, E2E_DIR, E2E_FILES[split], hint=hint)
 
 

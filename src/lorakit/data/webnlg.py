@@ -2,7 +2,8 @@
 
 Layout under ``<root>/webnlg2017/``: ``train/`` and ``dev/`` hold one XML per triple count and category
 (``1triples/1triple_allSolutions_Airport_train_challenge.xml`` ...), read in sorted path order so the
-example order never depends on the file system; ``test/testdata_with_lex.xml`` is the test set.
+example order never depends on the file system; ``test/testdata_with_lex.xml`` is the test set (or, as
+given out with the references held back, ``test/testdata_no_lex.xml``: the same 1,862 inputs in order).
 
 Input = the ``modifiedtripleset`` linearised as microsoft/LoRA ``format_converting_webnlg.py`` does:
 ``subject : property : object`` joined by `` | ``, entity names kept as written (underscores included:
@@ -19,13 +20,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from .common import DataFormatError, Example, check_split, data_root, linearize_triples
+from .common import DataFormatError, Example, check_split, data_root, linearize_triples, official_test_file
 from .download import DEFAULT_TIMEOUT, fetch_files
 
 WEBNLG_DIR = "webnlg2017"
 # Best-effort: the official GitLab repository's raw layout (mirrored on GitHub by forks).
 WEBNLG_BASE_URL = "https://gitlab.com/shimorina/webnlg-dataset/-/raw/master/webnlg_challenge_2017/"
 WEBNLG_TEST_FILE = "test/testdata_with_lex.xml"
+WEBNLG_TEST_INPUTS_ONLY = "test/testdata_no_lex.xml"
 SPLITS = ("train", "dev", "test")
 
 SEEN_CATEGORIES = frozenset(
@@ -136,10 +138,7 @@ def webnlg_files(split: str, root: str | os.PathLike[str] | None = None) -> list
     base = data_root(root) / WEBNLG_DIR
     hint = "get it with lorakit.data.download_webnlg"
     if split == "test":
-        path = base / WEBNLG_TEST_FILE
-        if not path.exists():
-            raise FileNotFoundError(f"{path} not found (test references are not distributed here): {hint}")
-        return [path]
+        return [official_test_file(root, WEBNLG_DIR, WEBNLG_TEST_FILE, WEBNLG_TEST_INPUTS_ONLY, hint=hint)]
     folder = base / split
     files = sorted(folder.rglob("*.xml")) if folder.is_dir() else []
     if not files:
