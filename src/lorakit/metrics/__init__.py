@@ -1,4 +1,4 @@
-"""Official metrics: E2E (BLEU, NIST, METEOR, ROUGE-L, CIDEr), WebNLG/DART
+"""Official metrics: E2E (BLEU, NIST, METEOR, ROUGE-L, CIDEr; and the slot error rate), WebNLG/DART
 (BLEU, METEOR, TER) and GLUE, computed the way the official scorers and the LoRA paper compute them; and
 BLEU / ROUGE-L / exact match or accuracy / macro F1 / Matthews against a user's own data file.
 
@@ -18,6 +18,7 @@ _WHERE = {
     "E2E_METRICS": "e2e", "e2e_scores": "e2e", "evaluate_predictions": "evaluate", "write_references": "evaluate",
     "classification_scores": "evaluate", "evaluate_user_predictions": "evaluate", "text_scores": "evaluate",
     "read_label_names": "labels",
+    "SlotErrors": "ser", "read_mrs": "ser", "slot_error_rate": "ser", "slot_errors": "ser", "slot_scores": "ser",
     "glue_metric": "glue", "glue_scores": "glue",
     "Meteor15": "coco",
     "MetricsFileError": "files", "MetricsWarning": "files", "read_e2e_refs": "files", "read_hypotheses": "files",

@@ -1,5 +1,6 @@
-"""``lorakit metrics e2e|webnlg --refs REFS --hyp HYP [--json]``: score a file of outputs like the official scorers;
-``lorakit evaluate PREDICTIONS --task T | --data FILE``: against a split's or a user's file's own references."""
+"""``lorakit metrics e2e|webnlg --refs REFS --hyp HYP [--json]``: score a file of outputs like the official scorers
+(E2E with ``--mrs``: its slot error rate too); ``lorakit evaluate PREDICTIONS --task T | --data FILE``: against a
+split's or a user's file's own references."""
 
 from __future__ import annotations
 
@@ -10,23 +11,37 @@ import warnings
 from typing import Any
 
 REFS_HELP = "references: an input's references on consecutive lines, inputs separated by one empty line"
+SLOT_ERRORS_HELP = ("write the outputs with slot errors (the MR values missing, added or wrong in each) to PATH, "
+                    "after a summary line")
 
 
 def _run(args: argparse.Namespace) -> int:
     try:
         from .e2e import e2e_scores
-        from .files import MetricsWarning, read_e2e_refs, read_hypotheses
+        from .files import MetricsFileError, MetricsWarning, read_e2e_refs, read_hypotheses
+        from .ser import read_mrs, slot_scores
         from .webnlg import webnlg_scores
     except ModuleNotFoundError as err:  # lorakit's CLI reports RuntimeErrors as one line, not a traceback
         raise RuntimeError(f"{err.name} is not installed: pip install 'lorakit[metrics]'") from None
 
+    mrs_file, report = getattr(args, "mrs", None), getattr(args, "slot_errors", None)
+    if report and not mrs_file:
+        raise ValueError("--slot-errors compares each output with its MR: give --mrs MRS_FILE")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MetricsWarning)
         references = read_e2e_refs(args.refs)
         hypotheses = read_hypotheses(args.hyp, expected=len(references))
+        mrs = read_mrs(mrs_file) if mrs_file else None
+        if mrs is not None and len(mrs) != len(hypotheses):
+            raise MetricsFileError(f"{mrs_file}: {len(mrs)} MRs, but {args.hyp} has {len(hypotheses)} outputs "
+                                   "(one MR per output, in the same order, is expected)")
         scores = (e2e_scores if args.benchmark == "e2e" else webnlg_scores)(hypotheses, references)
+        if mrs is not None:
+            scores |= slot_scores(mrs, hypotheses, report)
     for warning in caught:  # one clean line each instead of Python's file:line warning format
         print(f"lorakit metrics: warning: {warning.message}", file=sys.stderr)
+    if report:
+        print(f"wrote the outputs with slot errors to {report}", file=sys.stderr)
     _print_scores(scores, args.json)
     return 0
 
@@ -65,18 +80,23 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"{', '.join(user_flags)} apply to your own --data file, not to --task {args.task}")
     if args.task is None and args.write_refs:
         raise ValueError("--write-refs writes a built-in task's references: it needs --task")
+    if args.slot_errors and args.task != "e2e":
+        raise ValueError("--slot-errors compares E2E outputs with their MRs: it needs --task e2e")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MetricsWarning)
         if args.task is None:
             scores = evaluate_user_predictions(args.predictions, args.data, format=args.format,
                                                columns=args.columns, labels=args.labels)
         else:
-            scores = evaluate_predictions(args.task, args.split, args.predictions, args.data)
+            scores = evaluate_predictions(args.task, args.split, args.predictions, args.data,
+                                          slot_report=args.slot_errors)
     for warning in caught:
         print(f"lorakit evaluate: warning: {warning.message}", file=sys.stderr)
     if args.write_refs:
         count = write_references(args.task, args.split, args.write_refs, args.data)
         print(f"wrote the references of {count} inputs to {args.write_refs}", file=sys.stderr)
+    if args.slot_errors:
+        print(f"wrote the outputs with slot errors to {args.slot_errors}", file=sys.stderr)
     _print_scores(scores, args.json)
     return 0
 
@@ -90,7 +110,8 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
                     "and exact match against the completion or the conversation's last assistant turn; accuracy, "
                     "macro F1 and Matthews against the label (predictions as label names, or class ids with "
                     "--labels); Pearson/Spearman for float labels; all in percent. With --task: the task's "
-                    "official metrics: E2E BLEU/NIST/METEOR/ROUGE_L/CIDEr, WebNLG BLEU/METEOR/TER by "
+                    "official metrics: E2E BLEU/NIST/METEOR/ROUGE_L/CIDEr and the slot error rate SER (percent "
+                    "of the MRs' slots missing, added or wrong; Dušek et al. 2019), WebNLG BLEU/METEOR/TER by "
                     "seen/unseen/all category, DART BLEU/METEOR/TER.")
     evaluate.add_argument("predictions", help="one prediction per line")
     evaluate.add_argument("--data", help="your own test file (JSONL, JSON, CSV, TSV, Parquet); with --task: the "
@@ -106,6 +127,7 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     evaluate.add_argument("--write-refs", metavar="PATH",
                           help="with --task: also write the split's references in the e2e-metrics layout to PATH")
+    evaluate.add_argument("--slot-errors", metavar="PATH", help=f"with --task e2e: {SLOT_ERRORS_HELP}")
     evaluate.set_defaults(func=_evaluate)
     return evaluate
 
@@ -120,6 +142,11 @@ def add_metrics_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         sub.add_argument("--refs", required=True, help=REFS_HELP)
         sub.add_argument("--hyp", required=True, help="system outputs, one line per input")
         sub.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+        if name == "e2e":
+            sub.add_argument("--mrs", metavar="MRS_FILE",
+                             help="the inputs' MRs (name[X], eatType[pub], ...), one per line in the outputs' order, "
+                                  "or an E2E CSV (MRs in first-appearance order): adds the slot error rate SER")
+            sub.add_argument("--slot-errors", metavar="PATH", help=f"with --mrs: {SLOT_ERRORS_HELP}")
         sub.set_defaults(func=_run, benchmark=name)
     return metrics
 

@@ -20,12 +20,18 @@ from .labels import read_label_names
 
 
 def evaluate_predictions(task: str, split: str, predictions: str | os.PathLike[str],
-                         root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+                         root: str | os.PathLike[str] | None = None, *,
+                         slot_report: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Scores of ``predictions`` (one line per input, in the split's order, as ``lorakit generate`` writes
-    them) on ``task``'s ``split``: E2E's five metrics, or WebNLG/DART's BLEU/METEOR/TER (WebNLG per
+    them) on ``task``'s ``split``: E2E's five metrics and its slot error rate against the MRs (the outputs
+    with slot errors written to ``slot_report`` if given), or WebNLG/DART's BLEU/METEOR/TER (WebNLG per
     seen/unseen/all category)."""
     from .e2e import e2e_scores
+    from .ser import slot_scores
     from .webnlg import dart_scores, webnlg_scores_by_category
+
+    if slot_report is not None and task != "e2e":
+        raise ValueError(f"slot errors are E2E's (its MRs have slots); {task} has none")
 
     examples = get_task(task).examples(split, root)
     missing = sum(1 for ex in examples if not ex.references)
@@ -35,7 +41,8 @@ def evaluate_predictions(task: str, split: str, predictions: str | os.PathLike[s
     hypotheses = read_hypotheses(predictions, expected=len(examples))
     references = [list(ex.references) for ex in examples]
     if task == "e2e":
-        return e2e_scores(hypotheses, references)
+        mrs = [ex.meta["mr"] for ex in examples]
+        return e2e_scores(hypotheses, references) | slot_scores(mrs, hypotheses, slot_report)
     if task == "webnlg":
         return webnlg_scores_by_category(examples, hypotheses)
     return dart_scores(hypotheses, references)
