@@ -36,8 +36,8 @@ def split_indices(n: int, fraction: float, seed: int) -> tuple[list[int], list[i
     return [i for i in range(n) if i not in held], sorted(held)
 
 
-def _describe(data: UserData, mapping: Mapping[str, str]) -> str:
-    how = "detected from its keys" if data.detected else "forced"
+def _describe(data: UserData, mapping: Mapping[str, str], how: str | None = None) -> str:
+    how = how or ("detected from its keys" if data.detected else "forced")
     keys = [mapping.get(k, k) for k in data.columns]
     return f"{data.path}: format {data.format} ({how}: {', '.join(keys)}), {len(data)} rows"
 
@@ -93,7 +93,7 @@ def prepare_data(
     evaluation = None
     if eval_data is not None:
         evaluation = load_user_data(eval_data, format=train.format, columns=mapping)
-        header.append(_describe(evaluation, mapping))
+        header.append(_describe(evaluation, mapping, "as the training file"))
         say(header[-1])
     labels = None
     if train.format == "classification":
