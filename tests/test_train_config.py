@@ -142,3 +142,15 @@ def test_cli_config_file_error_is_one_line_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr == f"lorakit train: error: {path}: lora_rank: expected an integer, got '8'\n"
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_train_help_describes_the_settings(capsys):
+    """``lorakit train --help`` says what the settings mean (from the comments beside TrainConfig's fields)."""
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag, words in [("--data DATA", "your file or a hub id"), ("--eval-data EVAL_DATA", "validation file"),
+                        ("--eval-every EVAL_EVERY", "steps between evaluations"),
+                        ("--early-stopping-patience EARLY_STOPPING_PATIENCE", "without a better eval_metric"),
+                        ("--columns COLUMNS", "map your file's column names"), ("--max-steps MAX_STEPS", "overrides")]:
+        assert f"{flag} " in text and words in text.split(f"{flag} ", 1)[1][:200], flag

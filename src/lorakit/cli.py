@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import os
+import re
 import sys
 import typing
 from pathlib import Path
@@ -91,18 +93,31 @@ def _score_dev(trainer, config: TrainConfig) -> None:
     print(f"{config.task} dev: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
 
 
+def field_notes() -> dict[str, str]:
+    """The comment after each TrainConfig field in its source: what ``--help`` says of the flag, so the
+    file's settings and the flags are described in one place."""
+    notes = {}
+    for line in inspect.getsource(TrainConfig).splitlines():
+        match = re.match(r"\s+(\w+): [^#]+#\s*(.+)$", line)
+        if match:
+            notes[match[1]] = match[2]
+    return notes
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (defaults stay None so a --config file is only overridden on purpose).
     Values stay text here: ``parse_flags`` and TrainConfig check them, so a bad one is a one-line error
     naming the flag instead of argparse's usage dump."""
-    hints = typing.get_type_hints(TrainConfig)
+    hints, notes = typing.get_type_hints(TrainConfig), field_notes()
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
+        note = notes.get(f.name, "")
         if hint is bool and f.default is False:
-            parser.add_argument(flag, action="store_true", default=None, help="(default: off)")
+            parser.add_argument(flag, action="store_true", default=None, help=f"{note} (default: off)".strip())
         elif hint is bool:
-            parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false", default=None)
+            parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false", default=None,
+                                help=f"turn off: {note}" if note else None)
         elif f.name == "target_modules":
             parser.add_argument(flag, default=None, help="comma-separated module names (default: the architecture's)")
         elif f.name == "time_budget":
@@ -111,9 +126,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                                      "off: none (default: none)")
         elif typing.get_origin(hint) is typing.Literal:
             parser.add_argument(flag, default=None, metavar="{" + ",".join(typing.get_args(hint)) + "}",
-                                help=f"(default: {f.default})")
+                                help=f"{note} (default: {f.default})".strip())
         else:
-            parser.add_argument(flag, default=None, help=f"(default: {f.default})")
+            parser.add_argument(flag, default=None, help=f"{note} (default: {f.default})".strip())
 
 
 def _models(args: argparse.Namespace) -> int:
