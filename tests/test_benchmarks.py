@@ -80,3 +80,12 @@ def test_serve_load(tiny_model, tmp_path):
                         "--sequential", "5", "--adapters", "5", "--max-loaded", "2", "--max-tokens", "4",
                         cwd=tmp_path)
     assert re.search(r"^ratio: concurrent / one-at-a-time throughput \d+\.\d+x, 0 failed of 10$", out, re.M), out
+
+
+def test_quant_speed(tiny_model, tmp_path):
+    out = run_benchmark("quant_speed.py", "--model", str(tiny_model), "--quick", "--quality-prompts", "2",
+                        "--new-tokens", "4", "--train-steps", "3", "--train-batch", "2", cwd=tmp_path)
+    assert re.search(r"^quality int8\s+: logits relative error \d+\.\d+, top-1 agreement", out, re.M), out
+    assert re.search(r"greedy batch 8: lorakit int8 .* -> \d+\.\d+x HF fp32, \d+\.\d+x lorakit fp32, \d+\.\d+x HF "
+                     r"on the same base", out), out
+    assert re.search(r"^train int8 : .* throughput \d+\.\d+x, peak RSS \d+\.\d+x", out, re.M), out

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..data.common import read_lines
 from ..files import atomic_write
+from ..quant import add_quantize_flag
 from .config import PRESETS, STRATEGIES, DecodeConfig, preset
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                    help="weights' dtype; bfloat16 is ~2x faster on CPUs with AMX/AVX512-BF16, outputs may differ")
+    add_quantize_flag(p)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=run_generate)
     return p
@@ -172,21 +174,25 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def load_for_generation(model_name: str, adapters: list[str], merge: bool, device: str | None,
-                        dtype: str = "float32"):
-    """(model, tokenizer) with the adapters loaded, a single one merged unless ``merge`` is off."""
+                        dtype: str = "float32", quantize: str = "none"):
+    """(model, tokenizer) with the adapters loaded, a single one merged unless ``merge`` is off (or the base
+    is quantized, which cannot take a merge)."""
     import torch
 
     import lorakit
 
     from ..models import load_model
+    from ..quant import describe, quant_mode
 
-    model, tokenizer = load_model(model_name, padding_side="left", dtype=getattr(torch, dtype))
+    model, tokenizer = load_model(model_name, padding_side="left", dtype=getattr(torch, dtype), quantize=quantize)
+    if quantize != "none":
+        print(f"--quantize {quantize}: {describe(model)}", file=sys.stderr)
     names = [f"adapter{i}" if len(adapters) > 1 else "default" for i in range(len(adapters))]
     for name, folder in zip(names, adapters, strict=True):
         lorakit.load_adapter(model, folder, name)
     if len(names) > 1:
         lorakit.set_active_adapters(model, names)
-    elif names and merge:
+    elif names and merge and quant_mode(model) is None:
         try:
             lorakit.merge_adapters(model)
         except RuntimeError as err:  # a weight shared with another module (tied) cannot take a merge
@@ -208,7 +214,8 @@ def run_generate(args: argparse.Namespace) -> int:
     data = read_user_data(args)
     prompts = read_prompts(args) if data is None else []
     template = load_chat_template(args.chat_template)  # a missing file fails before the model loads
-    model, tokenizer = load_for_generation(args.model, args.adapter, args.merge, args.device, args.dtype)
+    model, tokenizer = load_for_generation(args.model, args.adapter, args.merge, args.device, args.dtype,
+                                           args.quantize)
     if data is not None:
         prompts = user_prompts(data, model, tokenizer, template)
         print(f"{data.path}: {len(data)} {data.unit}s, format {data.format}"

@@ -6,7 +6,7 @@ The in-memory names (``base_layer``, ``lora_A.<name>``, ``lora_embedding_A.<name
 keeps the mapping to PEFT's on-disk format a matter of dropping the adapter name.
 
 Merging adds ``scaling * B A`` to the base weight in place; it only ever happens when asked for
-(``merge``), never as a side effect of ``eval()``.
+(``merge``), never as a side effect of ``eval()``, and is refused over a quantized base (``lorakit.quant``).
 """
 
 from __future__ import annotations
@@ -125,6 +125,10 @@ class LoraLayer(nn.Module):
         for name in names if names is not None else self.active_adapters:
             if name in self.merged_adapters or name not in self.r:
                 continue
+            mode = getattr(self.base_layer, "quant_mode", None)  # lorakit.quant's layers: weight is a copy
+            if mode is not None:
+                raise RuntimeError(f"cannot merge adapter {name!r} into a {mode}-quantized base layer: keep it "
+                                   "unmerged (same outputs) or load the base unquantized to merge")
             weight = self.base_layer.weight
             weight.data += self.delta_weight(name).to(weight.dtype)
             self.merged_adapters.append(name)

@@ -329,9 +329,21 @@ def merge_adapters(model: nn.Module, names: list[str] | None = None) -> None:
     inactive = set(names) - set(active_adapters(model))
     if inactive:
         raise RuntimeError(f"adapters {sorted(inactive)} are not active: activate them before merging")
+    _refuse_quantized_merges(model, names)
     _refuse_tied_merges(model, names)
     for _, layer in lora_layers(model):
         layer.merge(names)
+
+
+def _refuse_quantized_merges(model: nn.Module, names: list[str]) -> None:
+    """A quantized base (``lorakit.quant``) cannot take a merge: requantizing the merged weight would add a
+    new rounding error on top of the update. Refused before any layer changes."""
+    for path, layer in lora_layers(model):
+        mode = getattr(layer.base_layer, "quant_mode", None)
+        if mode is not None and set(names) & set(layer.adapter_names):
+            raise RuntimeError(f"cannot merge into {path}: its base weight is quantized ({mode}), and rounding "
+                               "the merged weight again would add its error to the update; keep the adapter "
+                               "unmerged (same outputs), or load the base unquantized to merge")
 
 
 def _refuse_tied_merges(model: nn.Module, names: list[str]) -> None:

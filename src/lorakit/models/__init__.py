@@ -6,7 +6,8 @@ transformers version differences) and the offline GPT-2 tokenizer (``tokenizer``
 reasons. Import from here: ``from lorakit.models import load_model`` is the public surface.
 
 Layering, lowest first (no module imports one above it): ``registry``, ``compat`` -> ``tokenizer``,
-``convert`` -> ``load``. Nothing here imports the rest of lorakit but ``lorakit.files`` (standard library only).
+``convert`` -> ``load``. Nothing here imports the rest of lorakit but ``lorakit.files`` (standard library only)
+and, in ``load``, ``lorakit.quant`` (quantizing on load; it imports nothing from here).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from ..quant import QUANT_MODES, QuantMode, quantize_model
 from .compat import dtype_kwargs
 from .convert import convert_smollm2
 from .registry import (
@@ -191,6 +192,7 @@ def load_model(
     num_labels: int | None = None,
     dtype: torch.dtype = torch.float32,
     padding_side: Literal["left", "right"] = "right",
+    quantize: QuantMode = "none",
     **kw: Any,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load ``(model, tokenizer)`` for a short name (see ``MODELS``), a local folder or a hub id, offline.
@@ -199,9 +201,13 @@ def load_model(
     outputs). Extra keywords go to the model's ``from_pretrained``; ``cache_dir``, ``revision`` and ``token``
     also to the tokenizer's. The model's ``pad_token_id`` is set from the tokenizer when missing, so batched
     classification and ``generate`` work for GPT-2-style models. Raises ``ModelNotFoundError`` when the
-    model is not available offline (and downloads are not allowed).
+    model is not available offline (and downloads are not allowed). ``quantize`` stores the frozen linear
+    layers in int8, int4, nf4 or bf16 (``auto``: none or bf16, whichever a cached probe measured faster
+    here); see ``lorakit.quant`` and docs/quantization.md.
     """
     _check_kind(name_or_path, kind)
+    if quantize not in QUANT_MODES:  # before loading, which can take a while
+        raise ValueError(f"quantize must be one of {', '.join(QUANT_MODES)}, got {quantize!r}")
     resolved = resolve_model(name_or_path, cache_dir=kw.get("cache_dir"))
     loader = (AutoModelForCausalLM if kind == "causal-lm" else AutoModelForSequenceClassification).from_pretrained
     # a new head of num_labels outputs replaces whatever head a folder was saved with (a new task)
@@ -210,6 +216,7 @@ def load_model(
     tokenizer_kw = {k: kw[k] for k in _HUB_KEYS if k in kw}
     tokenizer = load_tokenizer(resolved, padding_side=padding_side, **tokenizer_kw)
     _sync_pad_token(model, tokenizer)
+    quantize_model(model, quantize)
     return model, tokenizer
 
 

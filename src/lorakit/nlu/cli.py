@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..data.common import DataFormatError, read_lines
 from ..data.glue import GlueExample
+from ..quant import add_quantize_flag
 
 if TYPE_CHECKING:
     from ..data.user import UserData
@@ -40,7 +41,7 @@ def _predict(args: argparse.Namespace) -> int:
     from ..metrics.glue import glue_scores
     from .predict import load_classifier, predict, write_predictions
 
-    model, tokenizer = load_classifier(args.model, args.task, args.adapter)
+    model, tokenizer = load_classifier(args.model, args.task, args.adapter, args.quantize)
     if args.input:
         examples = read_inputs(args.input)
     elif args.text:
@@ -92,7 +93,7 @@ def _predict_user(args: argparse.Namespace) -> int:
         pairs = None if examples[0].text_b is None else [e.text_b for e in examples]
     else:
         texts, pairs = list(args.text), None
-    model, tokenizer, names = load_user_classifier(args.model, args.adapter)
+    model, tokenizer, names = load_user_classifier(args.model, args.adapter, args.quantize)
     if names is None:
         where = args.adapter or args.model
         print(f"lorakit predict: warning: no labels.json in {where}: outputs are named by the model config's "
@@ -169,6 +170,7 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--max-length", type=int, default=256, help="without --task: tokens per input (default: 256)")
     p.add_argument("--truncation", choices=["right", "left"], default="right",
                    help="without --task: which end of a longer input is cut (default: right)")
+    add_quantize_flag(p)
     p.set_defaults(func=_predict)
     return p
 

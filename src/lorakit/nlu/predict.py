@@ -21,16 +21,17 @@ from ..files import atomic_write
 from ..metrics.glue import glue_scores
 from ..metrics.labels import read_label_names
 from ..models import load_model
+from ..quant import QuantMode
 from ..tasks import GLUETask, get_task
 from ..train.batching import ClassificationSample, collate_classification
 
 
-def load_classifier(model: str, task: str, adapter: str | os.PathLike | None = None):
+def load_classifier(model: str, task: str, adapter: str | os.PathLike | None = None, quantize: QuantMode = "none"):
     """``(model, tokenizer)`` for a GLUE task: a base with the task's head size plus an adapter folder, or a
-    fully fine-tuned model folder (``adapter`` None)."""
+    fully fine-tuned model folder (``adapter`` None); ``quantize``: the frozen base's (``lorakit.quant``)."""
     glue = _glue_task(task)
     net, tokenizer = load_model(model, "sequence-classification",
-                                num_labels=glue.num_labels if adapter is not None else None)
+                                num_labels=glue.num_labels if adapter is not None else None, quantize=quantize)
     if adapter is not None:
         load_adapter(net, adapter, name=glue.name)
     net.eval()
@@ -120,7 +121,7 @@ def write_predictions(path: str | os.PathLike, task: str, examples: Sequence[Glu
 # ------------------------------------------------------------------------------- a user's own classifier
 
 
-def load_user_classifier(model: str, adapter: str | os.PathLike | None = None):
+def load_user_classifier(model: str, adapter: str | os.PathLike | None = None, quantize: QuantMode = "none"):
     """``(model, tokenizer, names)`` for a classifier trained on the user's own data: a base plus an adapter
     folder (its head takes the number of outputs saved in the file), or a fully fine-tuned model folder.
 
@@ -130,7 +131,7 @@ def load_user_classifier(model: str, adapter: str | os.PathLike | None = None):
     folder = adapter if adapter is not None else (model if Path(model).expanduser().is_dir() else None)
     names = None if folder is None else read_label_names(folder, required=False)
     num_labels = None if adapter is None else (len(names) if names else None)
-    net, tokenizer = load_model(model, "sequence-classification", num_labels=num_labels)
+    net, tokenizer = load_model(model, "sequence-classification", num_labels=num_labels, quantize=quantize)
     if adapter is not None:
         load_adapter(net, adapter, head_size_from_file=True)
     net.eval()

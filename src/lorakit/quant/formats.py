@@ -1,4 +1,4 @@
-"""How a frozen weight is stored and multiplied: int8, NF4 or bf16, each with its fastest measured kernel.
+"""How a frozen weight is stored and multiplied: int8, int4, NF4 or bf16, each with its fastest measured kernel.
 
 Each format is a small ``nn.Module`` holding one (out x in) weight: ``matmul(x)`` is ``x @ W^T`` with the
 stored weight, ``dequantize()`` the weight back in the original dtype (what backward multiplies by, and
@@ -6,12 +6,16 @@ what ``weight`` reads return), ``nbytes`` what it keeps in memory. Kernels were 
 ``benchmarks/quant_kernels.py`` (docs/quantization.md has the tables):
 
 - int8: per-output-channel symmetric int8 weights, activations quantized per call (per tensor) by
-  PyTorch's fbgemm kernel ``quantized.linear_dynamic``, the fastest kernel measured on both AVX2 and
-  AVX-512 CPUs (int8 weight-only ``_weight_int8pack_mm`` and torchao's int8 configs were 3-30x slower).
-  CPU only. Only the packed weight is kept (1 byte a weight); backward unpacks it.
-- nf4: 4-bit NormalFloat (QLoRA, Dettmers et al. 2023, arXiv 2305.14314) in blocks of 64 with an fp32
-  absmax per block (no double quantization): 0.56 bytes a weight. No CPU kernel multiplies NF4 faster
-  than dequantize + fp32 matmul (bitsandbytes and torchao do the same), so it saves memory, not time.
+  PyTorch's fbgemm kernel ``quantized.linear_dynamic``, the fastest kernel measured on an AVX2 and an
+  AVX-512 EPYC (here, per decode step, int8 weight-only ``_weight_int8pack_mm`` was 50x slower and
+  torchao 0.18's int8 configs 11x slower).
+  CPU only. Only the packed weight is kept (1 byte a weight); backward unpacks it. The per-call activation
+  rounding is what makes it fast and what changes outputs most (one scale for the whole batch, so rows
+  also affect each other slightly); docs/quantization.md has SmolLM2's numbers.
+- int4 and nf4: 4-bit codes in blocks with an fp16 scale (and min) per block: 0.63 bytes a weight (int4,
+  blocks of 32: GGUF Q4_1's layout, exact for the packaged SmolLM2) or 0.56 (nf4, QLoRA's NormalFloat,
+  blocks of 64). No CPU kernel multiplies them faster than dequantize + fp32 matmul (bitsandbytes and
+  torchao do the same), so they save memory, not time.
 - bf16: the weight rounded to bfloat16, multiplied in bf16 (fast with AVX512-BF16 or AMX, slow without).
 """
 
@@ -30,7 +34,6 @@ NF4_LEVELS = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.394917488098144
               -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
               0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
               0.7229568362236023, 1.0)
-NF4_BLOCK = 64
 
 
 class QuantWeight(nn.Module):
@@ -94,7 +97,7 @@ class Int8Weight(QuantWeight):
                              "use bf16 or nf4 there")
         if not int8_kernel_available():
             raise RuntimeError("this PyTorch build has no x86/fbgemm quantized engine: use bf16 or nf4")
-        w = weight.detach().float()
+        w = weight.detach().float().contiguous()
         scale = (w.abs().amax(dim=1) / 127).clamp_min(1e-12).double()
         with warnings.catch_warnings():  # quantized tensors are deprecated as a user API; the kernel is not
             warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
@@ -120,6 +123,12 @@ class Int8Weight(QuantWeight):
     def device(self) -> torch.device:
         return torch.device("cpu")
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        """The packed weight is not a tensor: a state dict gets its int8 values and scales instead of nothing."""
+        q = torch.ops.quantized.linear_unpack(self.packed)[0]
+        destination[prefix + "int8"] = q.int_repr()
+        destination[prefix + "scale"] = q.q_per_channel_scales().float()
+
     def _apply(self, fn, recurse: bool = True):
         device = fn(torch.empty(0)).device
         if device.type != "cpu":
@@ -128,35 +137,75 @@ class Int8Weight(QuantWeight):
         return self
 
 
-# --- NF4 ----------------------------------------------------------------------------------------------
-class NF4Weight(QuantWeight):
-    mode = "nf4"
+# --- 4-bit: NF4 and int4 ------------------------------------------------------------------------------
+class Block4Weight(QuantWeight):
+    """4-bit codes, two a byte, in blocks of ``block`` consecutive weights of a row, each block with its own
+    scale and offset: ``w = levels[code] * scale + offset``. Dequantized before an fp32 matmul: no CPU
+    kernel multiplies 4-bit weights faster than that here (``benchmarks/quant_kernels.py``)."""
+
+    block = 32
+    levels: tuple[float, ...] = ()
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__(weight)
         flat = weight.detach().float().flatten()
-        pad = (-flat.numel()) % NF4_BLOCK
-        blocks = F.pad(flat, (0, pad)).view(-1, NF4_BLOCK)
-        absmax = blocks.abs().amax(dim=1).clamp_min(1e-12)
-        levels = torch.tensor(NF4_LEVELS, device=flat.device)
-        codes = torch.bucketize(blocks / absmax[:, None], (levels[1:] + levels[:-1]) / 2)  # the nearest level
+        blocks = F.pad(flat, (0, (-flat.numel()) % self.block)).view(-1, self.block)
+        levels = torch.tensor(self.levels, device=flat.device)
+        scale, offset = self._affine(blocks)
+        scale = scale.to(torch.float16).float()  # rounded as stored, so that the codes are the nearest
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # a constant block: any scale is exact
+        offset = offset.to(torch.float16).float()
+        codes = torch.bucketize((blocks - offset[:, None]) / scale[:, None], (levels[1:] + levels[:-1]) / 2)
         self.register_buffer("codes", (codes[:, 0::2] << 4 | codes[:, 1::2]).to(torch.uint8))
-        self.register_buffer("absmax", absmax)
-        # both levels a byte stands for, so that one lookup decodes two weights
+        self.register_buffer("scale", scale.to(torch.float16))
+        self.register_buffer("offset", offset.to(torch.float16))
+        # the two levels a byte stands for, so that one lookup decodes two weights
         pairs = torch.stack([levels.repeat_interleave(16), levels.repeat(16)], dim=-1)
         self.register_buffer("pairs", pairs, persistent=False)
 
+    def _affine(self, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
     def dequantize(self) -> torch.Tensor:
-        values = self.pairs.index_select(0, self.codes.flatten().int()).view(-1, NF4_BLOCK)
-        values = (values * self.absmax[:, None]).flatten()[:self.out_features * self.in_features]
-        return values.view(self.out_features, self.in_features).to(self.dtype)
+        values = self.pairs.index_select(0, self.codes.flatten().int()).view(-1, self.block)
+        values = values * self.scale.float()[:, None] + self.offset.float()[:, None]
+        return values.flatten()[:self.out_features * self.in_features].view(
+            self.out_features, self.in_features).to(self.dtype)
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.dequantize().to(x.dtype))
 
     @property
     def nbytes(self) -> int:
-        return self.codes.numel() + 4 * self.absmax.numel()
+        return self.codes.numel() + 2 * (self.scale.numel() + self.offset.numel())
+
+
+class NF4Weight(Block4Weight):
+    """4-bit NormalFloat (QLoRA, Dettmers et al. 2023, arXiv 2305.14314): levels at quantiles of a normal
+    distribution, blocks of 64 scaled by their absmax (as QLoRA, without its double quantization).
+    Best for weights trained in 16/32 bits, which are near-normal."""
+
+    mode = "nf4"
+    block = 64
+    levels = NF4_LEVELS
+
+    def _affine(self, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        absmax = blocks.abs().amax(dim=1)
+        return absmax, torch.zeros_like(absmax)
+
+
+class Int4Weight(Block4Weight):
+    """Asymmetric 4-bit in blocks of 32 from each block's min and max: the layout of GGUF's Q4_1, so
+    weights that came from a Q4_1 file (the packaged SmolLM2) are reproduced exactly (fp16 scale and min,
+    as GGUF stores them)."""
+
+    mode = "int4"
+    block = 32
+    levels = tuple(float(i) for i in range(16))
+
+    def _affine(self, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        low, high = blocks.amin(dim=1), blocks.amax(dim=1)
+        return (high - low) / 15, low
 
 
 # --- bf16 ---------------------------------------------------------------------------------------------
@@ -174,4 +223,5 @@ class BF16Weight(QuantWeight):
         return self.values.to(self.dtype)
 
 
-FORMATS: dict[str, type[QuantWeight]] = {"int8": Int8Weight, "nf4": NF4Weight, "bf16": BF16Weight}
+FORMATS: dict[str, type[QuantWeight]] = {"int8": Int8Weight, "int4": Int4Weight, "nf4": NF4Weight,
+                                          "bf16": BF16Weight}

@@ -11,6 +11,8 @@ import ipaddress
 import os
 import sys
 
+from ..quant import add_quantize_flag
+
 MIB = 1024 * 1024
 
 
@@ -36,6 +38,7 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    add_quantize_flag(p)
     p.add_argument("--api-key", default=os.environ.get("LORAKIT_API_KEY") or None, metavar="KEY",
                    help="require 'Authorization: Bearer KEY' (the openai client's api_key) on /v1/completions, "
                         "/v1/chat/completions, /v1/classify and /v1/models, and on adapter loading when there is "
@@ -67,6 +70,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ..models import load_model
+    from ..quant import describe
     from .app import create_app
     from .server import build_engine
 
@@ -79,7 +83,9 @@ def run_serve(args: argparse.Namespace) -> int:
     kind = _kind(args)
     extra = {"num_labels": args.num_labels} if args.num_labels else {}
     model, tokenizer = load_model(args.model, kind, padding_side="left" if kind == "causal-lm" else "right",
-                                  dtype=getattr(torch, args.dtype), **extra)
+                                  dtype=getattr(torch, args.dtype), quantize=args.quantize, **extra)
+    if args.quantize != "none":
+        print(f"--quantize {args.quantize}: {describe(model)}", file=sys.stderr)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).eval()
     engine = build_engine(model, tokenizer, args.adapters, max_loaded=args.max_loaded, max_batch=args.max_batch,

@@ -61,6 +61,9 @@ class TrainConfig:
     group_by_length: bool = True
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, about 1/3 more compute
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # the frozen base's linear layers stored quantized, LoRA in fp32 (QLoRA style; docs/quantization.md): int8
+    # (fastest kernel, changes outputs most), int4/nf4 (least memory, slower), bf16; auto: none or bf16 as measured
+    quantize: Literal["none", "int8", "int4", "nf4", "bf16", "auto"] = "none"
     seed: int = 0
     # evaluation on the validation split (a task's dev split, your eval file or fraction)
     eval_every: int | None = None  # steps between evaluations (and at the end); none: no evaluation
@@ -161,6 +164,8 @@ def _check_together(config: TrainConfig) -> None:
                                        f"{config.task!r}")
     if config.eval_data is not None and config.eval_fraction is not None:
         raise ConfigError("eval_fraction", "give eval_data or eval_fraction, not both")
+    if config.quantize != "none" and config.full_finetune:
+        raise ConfigError("quantize", "a quantized base is frozen: it trains LoRA adapters, not full_finetune")
     if config.early_stopping_patience is not None and config.eval_every is None:
         raise ConfigError("early_stopping_patience", "needs eval_every (the evaluations it counts)")
 

@@ -1,0 +1,105 @@
+"""``quantize="auto"``: which mode is fastest on this machine, measured once and remembered.
+
+Why measure: the ranking differs between CPUs. On an AVX2 EPYC bf16 was ~2x slower than fp32 per decode
+step; with AVX512-BF16 (or AMX) it is faster. The probe times one pass over SmolLM2-135M's projection
+shapes (576x576, 1536x576, 576x1536) with 8 rows, a decode step of batch 8, for fp32 (``none``), bf16 and
+int8, round after round (so that other work slows all alike), and keeps the median.
+
+``auto`` picks among ``AUTO_MODES`` only, the modes that keep outputs close to fp32 (SmolLM2: 98% top-1
+agreement for bf16). int8 is measured and cached too, as it is the fastest kernel, but its per-call
+activation rounding changes SmolLM2's outputs (52% top-1 agreement), and the 4-bit modes dequantize
+before an fp32 matmul (never faster): those are asked for by name. bf16 must beat fp32 by ``MARGIN``.
+
+The result is cached in ``$LORAKIT_HOME/quant-probe.json`` (default ``~/.cache/lorakit``), keyed by CPU
+model, vector extensions, torch version and thread count; ``choose_mode(refresh=True)`` measures again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from ..files import atomic_write
+from ..hardware import cpu_flags, cpu_model
+from .formats import FORMATS
+
+CANDIDATES: tuple[str, ...] = ("none", "bf16", "int8")  # measured
+AUTO_MODES: tuple[str, ...] = ("none", "bf16")  # chosen from
+SHAPES: tuple[tuple[int, int], ...] = ((576, 576), (1536, 576), (576, 1536))
+MARGIN = 0.10  # a quantized mode is picked only when at least 10% faster than fp32: rounding costs accuracy
+CACHE_NAME = "quant-probe.json"
+
+
+def probe_key() -> str:
+    """What the ranking depends on: the CPU, its vector extensions, PyTorch and the threads it uses."""
+    return f"{cpu_model()} | {' '.join(cpu_flags())} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+
+
+def cache_path() -> Path:
+    """In lorakit's cache root, found as ``models.registry.lorakit_home`` finds it (not imported from there:
+    ``models.load`` imports this package)."""
+    return Path(os.environ.get("LORAKIT_HOME") or Path.home() / ".cache" / "lorakit").expanduser() / CACHE_NAME
+
+
+def measure_modes(modes: tuple[str, ...] = CANDIDATES, rows: int = 8, rounds: int = 7,
+                  calls: int = 5) -> dict[str, float]:
+    """Milliseconds for one pass over ``SHAPES`` per mode (median of ``rounds``); a mode this build or CPU
+    cannot run is left out."""
+    gen = torch.Generator().manual_seed(0)
+    weights = [torch.randn(o, i, generator=gen) * i ** -0.5 for o, i in SHAPES]
+    inputs = [torch.randn(rows, i, generator=gen) for _, i in SHAPES]
+    kernels = {}
+    for mode in modes:
+        try:
+            kernels[mode] = [(lambda x, w=w: x @ w.T) if mode == "none" else FORMATS[mode](w).matmul
+                             for w in weights]
+        except (RuntimeError, ValueError):
+            continue
+    times: dict[str, list[float]] = {m: [] for m in kernels}
+    with torch.inference_mode():
+        for _ in range(rounds + 1):  # the first round warms up (allocations, kernel choice) and is dropped
+            for mode, fns in kernels.items():
+                start = time.perf_counter()
+                for _ in range(calls):
+                    for fn, x in zip(fns, inputs, strict=True):
+                        fn(x)
+                times[mode].append((time.perf_counter() - start) / calls * 1e3)
+    return {m: statistics.median(t[1:]) for m, t in times.items()}
+
+
+def pick(ms: dict[str, float]) -> str:
+    """The fastest of ``AUTO_MODES``, unless it beats fp32 (``none``) by less than ``MARGIN``."""
+    best = min((m for m in ms if m in AUTO_MODES), key=ms.__getitem__, default="none")
+    if "none" in ms and best != "none" and ms[best] > ms["none"] * (1 - MARGIN):
+        return "none"
+    return best
+
+
+def choose_mode(refresh: bool = False) -> str:
+    """The mode ``auto`` stands for here: from the cache, else measured (about a second) and cached."""
+    path, key = cache_path(), probe_key()
+    try:
+        cache = json.loads(path.read_text())
+        if not isinstance(cache, dict):
+            cache = {}
+    except (OSError, ValueError):
+        cache = {}
+    entry = cache.get(key)
+    if not refresh and isinstance(entry, dict) and entry.get("mode") in AUTO_MODES:
+        return entry["mode"]
+    ms = measure_modes()
+    mode = pick(ms)
+    cache[key] = {"mode": mode, "ms": {m: round(v, 4) for m, v in ms.items()},
+                  "measured": datetime.now(UTC).isoformat(timespec="seconds")}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, (json.dumps(cache, indent=1) + "\n").encode())
+    except OSError:  # a read-only home: measure again next time rather than fail
+        pass
+    return mode
