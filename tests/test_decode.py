@@ -359,3 +359,11 @@ def test_cli_decodes_a_dataset_split_in_input_order(smollm2, tmp_path):
     sources = [task.prompt(ex.source) for ex in task.examples("dev", shared_data_dir())[:3]]
     expected = generate(model, tokenizer, sources, preset("e2e", num_beams=2, max_new_tokens=4), progress=False)
     assert out.read_text().splitlines() == [" ".join(t.split()) for t in expected]
+
+
+def test_decode_summary_names_only_the_settings_its_strategy_uses():
+    assert DecodeConfig("greedy").summary() == "strategy=greedy, max_new_tokens=64, no_repeat_ngram_size=0, " \
+                                               "stop_at_eos=True"
+    assert "num_beams=10" in preset("e2e").summary() and "temperature" not in preset("e2e").summary()
+    sample = DecodeConfig("sample", temperature=0.7, seed=3).summary()
+    assert "temperature=0.7" in sample and "seed=3" in sample and "num_beams" not in sample

@@ -8,7 +8,6 @@ Wire it in with ``add_generate_parser(subparsers)``; the handler is ``args.func`
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -220,8 +219,7 @@ def run_generate(args: argparse.Namespace) -> int:
         prompts = user_prompts(data, model, tokenizer, template)
         print(f"{data.path}: {len(data)} {data.unit}s, format {data.format}"
               f"{' (detected)' if data.detected else ''}", file=sys.stderr)
-    fields = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items())
-    print(f"decoding {len(prompts)} inputs: {fields}", file=sys.stderr)
+    print(f"decoding {len(prompts)} inputs: {config.summary()}", file=sys.stderr)
     start = time.perf_counter()
     texts = generate(model, tokenizer, prompts, config, batch_size=args.batch_size, progress=args.progress)
     seconds = time.perf_counter() - start

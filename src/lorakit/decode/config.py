@@ -56,6 +56,13 @@ class DecodeConfig:
     def replace(self, **changes) -> DecodeConfig:
         return dataclasses.replace(self, **changes)
 
+    def summary(self) -> str:
+        """The settings this strategy uses, as ``key=value`` (greedy has no beams and no temperature)."""
+        used = {"greedy": (), "beam": ("num_beams", "length_penalty", "early_stopping"),
+                "sample": ("temperature", "top_k", "top_p", "seed")}[self.strategy]
+        keys = ("strategy", "max_new_tokens", *used, "no_repeat_ngram_size", "stop_at_eos")
+        return ", ".join(f"{k}={getattr(self, k)}" for k in keys)
+
 
 # The LoRA paper's decoding (Hu et al. 2021, Table 11): beam 10, no_repeat_ngram_size 4, length penalty 0.9 on
 # E2E and 0.8 on WebNLG and DART; 64 new tokens as in the paper's code (``--eval_len 64``).
