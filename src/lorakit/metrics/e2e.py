@@ -26,19 +26,20 @@ def check_inputs(hypotheses: Sequence[str], references: Sequence[Sequence[str]])
 
 
 def e2e_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]], *,
-               meteor: Meteor15 | None = None) -> dict[str, float | None]:
+               meteor: Meteor15 | None = None, with_meteor: bool = True) -> dict[str, float | None]:
     """BLEU (a fraction, as the E2E scorer prints it), NIST, METEOR, ROUGE_L and CIDEr over a corpus.
 
     ``references[i]`` holds every reference of input ``i``; all metrics use them all at once. BLEU and
     NIST are mteval-v13a's (13a tokens, case-insensitive, as the scorer's Python port runs them); the
     other three are MS-COCO's on Stanford-PTB-tokenised lowercased text. METEOR is None (with a
     MetricsWarning) when Java is missing. ``meteor`` lets a caller scoring several corpora share one
-    METEOR process (starting one takes seconds: it loads a paraphrase table).
+    METEOR process (starting one takes seconds: it loads a paraphrase table); ``with_meteor=False`` leaves
+    METEOR out (and Java unstarted).
     """
     check_inputs(hypotheses, references)
     scores = {
         "BLEU": corpus_bleu(hypotheses, references, lowercase=True) / 100,
         "NIST": corpus_nist(hypotheses, references, lowercase=True),
-        **coco_scores(hypotheses, references, meteor),
+        **coco_scores(hypotheses, references, meteor, with_meteor=with_meteor),
     }
-    return {name: scores[name] for name in E2E_METRICS}
+    return {name: scores[name] for name in E2E_METRICS if name in scores}

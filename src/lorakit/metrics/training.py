@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .coco import coco_scores
-from .e2e import check_inputs
-from .mteval import corpus_bleu, corpus_nist
+from .e2e import check_inputs, e2e_scores
+from .mteval import corpus_bleu
 
 
 def training_scores(task: str, hypotheses: Sequence[str], references: Sequence[Sequence[str]]
@@ -18,12 +17,10 @@ def training_scores(task: str, hypotheses: Sequence[str], references: Sequence[S
     """E2E: BLEU (a fraction, as its scorer prints it), NIST, ROUGE_L and CIDEr, as ``e2e_scores`` computes
     them; WebNLG and DART: BLEU (percent, case kept, as GenerationEval) and TER (their own metrics but
     METEOR); any reference lists: several references per output allowed."""
-    check_inputs(hypotheses, references)
     if task == "e2e":
-        coco = coco_scores(hypotheses, references, with_meteor=False)
-        return {"BLEU": corpus_bleu(hypotheses, references, lowercase=True) / 100,
-                "NIST": corpus_nist(hypotheses, references, lowercase=True),
-                "ROUGE_L": float(coco["ROUGE_L"] or 0.0), "CIDEr": float(coco["CIDEr"] or 0.0)}
+        return {name: float(value or 0.0) for name, value in e2e_scores(hypotheses, references,
+                                                                          with_meteor=False).items()}
+    check_inputs(hypotheses, references)
     from .webnlg import best_ter
 
     ter = best_ter(hypotheses, references)

@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .batching import ClassificationSample, Sample, collate
-from .loss import CausalLMLoss
+from .loss import CausalLMLoss, classification_loss
 
 # metrics where a smaller value is better; every other one is better when larger
 LOWER_IS_BETTER = ("loss", "TER")
@@ -86,13 +85,8 @@ class Evaluation:
                 continue
             target = inputs.pop("labels")
             logits = model(**inputs).logits.float()
-            if logits.shape[-1] == 1:
-                values = logits.squeeze(-1)
-                total += F.mse_loss(values, target.float(), reduction="sum").item()
-                outputs += values.tolist()
-            else:
-                total += F.cross_entropy(logits, target, reduction="sum").item()
-                outputs += logits.argmax(-1).tolist()
+            total += classification_loss(logits, target).item()
+            outputs += (logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1)).tolist()
             count += len(batch)
             labels += target.tolist()
         results = {"loss": total / max(count, 1)}

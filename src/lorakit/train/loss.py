@@ -50,6 +50,14 @@ class CausalLMLoss(nn.Module):
         return loss, keep.sum()
 
 
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The summed loss of a classification head's float logits: squared error for a single-output regression
+    head (STS-B), else cross-entropy over classes, as Hugging Face's heads compute them."""
+    if logits.shape[-1] == 1:
+        return F.mse_loss(logits.squeeze(-1), labels.float(), reduction="sum")
+    return F.cross_entropy(logits, labels, reduction="sum")
+
+
 class SequenceClassificationLoss(nn.Module):
     """``forward(batch) -> (summed loss over examples, number of examples)``: cross-entropy over classes, or
     squared error for a single-output regression head (STS-B), as Hugging Face's heads compute them."""
@@ -62,8 +70,4 @@ class SequenceClassificationLoss(nn.Module):
                 token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits.float()
-        if logits.shape[-1] == 1:
-            loss = F.mse_loss(logits.squeeze(-1), labels.float(), reduction="sum")
-        else:
-            loss = F.cross_entropy(logits, labels, reduction="sum")
-        return loss, torch.tensor(len(labels), device=logits.device)
+        return classification_loss(logits, labels), torch.tensor(len(labels), device=logits.device)
