@@ -12,9 +12,12 @@ Starts the real server (``python -m lorakit serve``) as a subprocess on
    --max-tokens new tokens; a failed load or unload counts as a failed request.
 
 Reports failed requests (the goal is zero), p50/p99 latency, requests/s of both phases and their ratio
-(goal: at least 3x), and the server's own /metrics counters.
+(goal: at least 3x), and the server's own /metrics counters. With ``--quantize none int8 ...`` the whole
+test runs once per mode (``lorakit serve --quantize``, the same adapters and requests), one after the
+other, and each quantized server's concurrent throughput is also given as a ratio to the fp32 one's.
 
     .venv/bin/python benchmarks/serve_load.py --clients 16 --requests 500 --adapters 6 --max-loaded 4
+    .venv/bin/python benchmarks/serve_load.py --requests 160 --sequential 16 --quantize none int8 bf16
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import torch
 import lorakit
 from lorakit.hardware import describe
 from lorakit.models import load_model
+from lorakit.quant import QUANT_MODES
 
 FOODS = ["Chinese", "English", "French", "Indian", "Italian", "Japanese", "fast food"]
 AREAS = ["city centre", "riverside"]
@@ -92,6 +96,8 @@ def main() -> None:
     parser.add_argument("--adapters", type=int, default=6)
     parser.add_argument("--max-loaded", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--quantize", nargs="+", default=["none"], choices=QUANT_MODES,
+                        help="serve the base in each of these modes in turn (default: none, i.e. fp32)")
     parser.add_argument("--json")
     args = parser.parse_args()
     print(f"machine: {describe()}", flush=True)
@@ -100,10 +106,31 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="serve-load-"))
     names = make_adapters(folder, args.adapters, args.model)
+    results = {}
+    for mode in args.quantize:
+        print(f"--- lorakit serve --quantize {mode}", flush=True)
+        results[mode] = serve_and_run(args, folder, names, mode)
+        result = results[mode]
+        print(json.dumps({k: v for k, v in result.items() if k != "latencies_s"}, indent=2))
+        print(f"ratio ({mode}): concurrent / one-at-a-time throughput {result['throughput_ratio']:.2f}x, "
+              f"{result['failed']} failed of {result['requests']}", flush=True)
+    fp32 = results.get("none")
+    for mode, result in results.items():
+        if fp32 is not None and mode != "none":
+            concurrent = result["concurrent_requests_per_s"] / fp32["concurrent_requests_per_s"]
+            one = result["sequential_requests_per_s"] / fp32["sequential_requests_per_s"]
+            print(f"ratio: served throughput --quantize {mode} / fp32 {concurrent:.2f}x (one at a time: {one:.2f}x)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results if len(results) > 1 else results[args.quantize[0]], indent=2))
+
+
+def serve_and_run(args: argparse.Namespace, folder: Path, names: list[str], mode: str) -> dict:
+    """Start ``lorakit serve`` over ``folder`` with ``--quantize mode``, run the test, stop the server."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "lorakit", "serve", "--model", args.model, "--adapters", str(folder),
-               "--max-loaded", str(args.max_loaded), "--max-batch", str(args.clients), "--port", str(port)]
+               "--max-loaded", str(args.max_loaded), "--max-batch", str(args.clients), "--port", str(port),
+               "--quantize", mode]
     server = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         deadline = time.monotonic() + 180
@@ -125,11 +152,7 @@ def main() -> None:
             server.kill()
             server.wait()
             raise SystemExit("the server did not stop within 60 s of SIGTERM; killed") from None
-    print(json.dumps({k: v for k, v in result.items() if k != "latencies_s"}, indent=2))
-    print(f"ratio: concurrent / one-at-a-time throughput {result['throughput_ratio']:.2f}x, "
-          f"{result['failed']} failed of {result['requests']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    return {"quantize": mode, **result}
 
 
 def run(url: str, args: argparse.Namespace, names: list[str]) -> dict:

@@ -22,7 +22,14 @@ How it is measured, and why:
 * Peak memory is read after the last training step; lorakit's checkpoint and adapter writing is skipped
   (the HF side runs with ``save_strategy="no"``), so neither side's peak includes saving.
 
+* ``--score-dev N`` also compares quality: after training, each side's model (PEFT's merged by
+  ``merge_and_unload``, lorakit's with its adapter) decodes the first N E2E dev MRs greedily with the same
+  decoder (``lorakit.decode.generate``), scored by the E2E scorer's BLEU, NIST, ROUGE_L and CIDEr. The
+  decoder is shared so that only training differs.
+
     python benchmarks/train_throughput.py --steps 30 --batch-size 8 --rank 8 --examples 2000 [--json out.json]
+    python benchmarks/train_throughput.py --configs lorakit-lora hf-peft-lora --steps 300 --examples 2400 \
+        --targets q_proj k_proj v_proj o_proj --lr 1e-3 --score-dev 200    # the same recipe, quality too
 """
 
 from __future__ import annotations
@@ -45,7 +52,9 @@ from typing import Any
 
 import torch
 
+from lorakit.decode import DecodeConfig, generate
 from lorakit.hardware import describe
+from lorakit.metrics.training import training_scores
 from lorakit.models import load_model
 from lorakit.recipes import setup as recipe_setup
 from lorakit.recipes.finetune import subset
@@ -135,6 +144,20 @@ def timed_window(step_ends: list[float], tokens: list[int], steps: int) -> dict[
             "sec_per_step": seconds / timed, "step_tokens_per_s": per_step}
 
 
+def dev_scores(model: torch.nn.Module, tokenizer, args: argparse.Namespace) -> dict[str, Any]:
+    """Greedy outputs of the first ``--score-dev`` E2E dev MRs, scored (nothing when the flag is 0)."""
+    if not args.score_dev:
+        return {}
+    task = get_task("e2e")
+    examples = task.examples("dev", args.data)[:args.score_dev]
+    model.eval()
+    started = time.perf_counter()
+    outputs = generate(model, tokenizer, [task.prompt(ex.source) for ex in examples],
+                       DecodeConfig(max_new_tokens=96), batch_size=16, progress=False)
+    scores = training_scores("e2e", outputs, [list(ex.references) for ex in examples])
+    return {"dev_inputs": len(examples), "dev_scores": scores, "decode_s": time.perf_counter() - started}
+
+
 # ------------------------------------------------------------------------------------------- workers
 
 
@@ -166,7 +189,8 @@ def run_lorakit(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
     window = timed_window([r["elapsed_s"] for r in log], [r["tokens"] for r in log], args.steps)
     batches = [trainer.global_batch(s) for s in range(WARMUP_STEPS, args.steps)]
     trainable, total = trainable_params(trainer.model)
-    return {**window, **(trainer.peaks or {}), "load_peak_rss_mb": after_load["peak_rss_mb"],
+    quality = dev_scores(trainer.model, tokenizer, args)
+    return {**window, **(trainer.peaks or {}), **quality, "load_peak_rss_mb": after_load["peak_rss_mb"],
             "padding": padding_fraction(trainer.samples, batches),
             "mean_loss": statistics.fmean(r["loss"] for r in log),
             "trainable_params": trainable, "total_params": total, "examples": len(trainer.samples)}
@@ -248,7 +272,8 @@ def run_hf(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
     window = timed_window(clock.ends, collator.real, args.steps)
     timed_slots = sum(collator.slots[WARMUP_STEPS:args.steps])
     trainable, total = trainable_params(model)
-    return {**window, **clock.peaks, "load_peak_rss_mb": after_load["peak_rss_mb"],
+    quality = dev_scores(model if setup.full_finetune else model.merge_and_unload(), tokenizer, args)
+    return {**window, **clock.peaks, **quality, "load_peak_rss_mb": after_load["peak_rss_mb"],
             "padding": 1 - window["tokens"] / timed_slots, "mean_loss": result.training_loss,
             "trainable_params": trainable, "total_params": total, "examples": len(features)}
 
@@ -272,7 +297,7 @@ def worker_command(args: argparse.Namespace, name: str) -> list[str]:
                "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--rank", str(args.rank),
                "--alpha", str(args.alpha), "--lr", str(args.lr), "--weight-decay", str(args.weight_decay),
                "--examples", str(args.examples), "--seed", str(args.seed), "--threads", str(args.threads),
-               "--targets", *args.targets]
+               "--score-dev", str(args.score_dev), "--targets", *args.targets]
     return [*command, "--data", args.data] if args.data else command
 
 
@@ -388,6 +413,13 @@ def print_report(command: str, machine: dict[str, Any], summary: dict[str, dict[
     for name, r in summary.items():
         print(f"  {name}: {SETUPS[name].label}; peak RSS right after loading the model {r['load_peak_rss_mb']:.0f} MB"
               + (f"; median of {r['repeats']} runs" if r["repeats"] > 1 else ""))
+    scored = {name: r for name, r in summary.items() if r.get("dev_scores")}
+    if scored:
+        print(f"\nquality after training (greedy, first {next(iter(scored.values()))['dev_inputs']} E2E dev MRs, "
+              "one decoder for all; with --repeats, the first repeat's):")
+        for name, r in scored.items():
+            print(f"  {name:<24} " + "  ".join(f"{k} {v:.4f}" for k, v in r["dev_scores"].items())
+                  + f"  (decoding {r['decode_s']:.0f} s)")
     print()
     for r in ratios:
         verdict = "" if r["met"] is None else f"   goal {r['goal']}x: {'MET' if r['met'] else 'NOT MET'}"
@@ -417,6 +449,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="configurations to run (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="run the configurations this many times, order reversed every other time; medians")
+    parser.add_argument("--score-dev", type=int, default=0, metavar="N",
+                        help="after training, decode the first N E2E dev MRs greedily and score them (quality "
+                             "side by side; default 0: off)")
     parser.add_argument("--json", dest="json_out", help="also write all results to this file")
     parser.add_argument("--verbose", action="store_true", help="show the workers' stderr (progress bars, warnings)")
     parser.add_argument("--worker", choices=list(SETUPS), help=argparse.SUPPRESS)

@@ -1,8 +1,9 @@
-"""Every script in ``benchmarks/`` runs end to end on a tiny random model and prints its ratio line.
+"""Every script in ``benchmarks/`` runs end to end on a tiny random model (``rte_probe.py``: the packaged
+MiniLM it analyses, on 60 pairs) and prints its ratio or result lines.
 
 Why: benchmarks are run by hand, rarely, so a refactor that breaks one would go unnoticed until someone
 wants its numbers (``train_throughput.py`` once failed this way). These runs check the scripts work, not
-their numbers: the model is random and the timings are meaningless.
+their numbers: the models are random or the inputs few, and the timings are meaningless.
 """
 
 from __future__ import annotations
@@ -49,8 +50,11 @@ def run_benchmark(script: str, *args: str, cwd: Path) -> str:
 
 def test_train_throughput(tiny_model, tmp_path):
     out = run_benchmark("train_throughput.py", "--model", str(tiny_model), "--steps", "3", "--batch-size", "2",
-                        "--examples", "16", "--configs", "lorakit-lora", "hf-peft-lora", cwd=tmp_path)
+                        "--examples", "16", "--configs", "lorakit-lora", "hf-peft-lora", "--score-dev", "3",
+                        cwd=tmp_path)
     assert re.search(r"^throughput lorakit-lora / hf-peft-lora: \d+\.\d+x", out, re.M), out
+    for name in ("lorakit-lora", "hf-peft-lora"):  # both sides' models decoded and scored on 3 dev MRs
+        assert re.search(rf"^  {name} +BLEU \d\.\d{{4}}  NIST \d+\.\d{{4}}", out, re.M), out
 
 
 def test_generate_speed(tiny_model, tmp_path):
@@ -78,8 +82,12 @@ def test_serve_switch(tiny_model, tmp_path):
 def test_serve_load(tiny_model, tmp_path):
     out = run_benchmark("serve_load.py", "--model", str(tiny_model), "--clients", "2", "--requests", "10",
                         "--sequential", "5", "--adapters", "5", "--max-loaded", "2", "--max-tokens", "4",
-                        cwd=tmp_path)
-    assert re.search(r"^ratio: concurrent / one-at-a-time throughput \d+\.\d+x, 0 failed of 10$", out, re.M), out
+                        "--quantize", "none", "bf16", cwd=tmp_path)
+    for mode in ("none", "bf16"):  # the whole test against each server
+        assert re.search(rf"^ratio \({mode}\): concurrent / one-at-a-time throughput \d+\.\d+x, 0 failed of 10$",
+                         out, re.M), out
+    assert re.search(r"^ratio: served throughput --quantize bf16 / fp32 \d+\.\d+x \(one at a time: \d+\.\d+x\)$",
+                     out, re.M), out
 
 
 def test_quant_speed(tiny_model, tmp_path):
@@ -89,3 +97,16 @@ def test_quant_speed(tiny_model, tmp_path):
     assert re.search(r"greedy batch 8: lorakit int8 .* -> \d+\.\d+x HF fp32, \d+\.\d+x lorakit fp32, \d+\.\d+x HF "
                      r"on the same base", out), out
     assert re.search(r"^train int8 : .* throughput \d+\.\d+x, peak RSS \d+\.\d+x", out, re.M), out
+
+
+@pytest.mark.skipif(DATA is None or not (DATA / "glue" / "RTE").is_dir(), reason="needs the shared RTE data")
+def test_rte_probe(tmp_path):
+    """The RTE analysis on 60 pairs with the real packaged MiniLM (the encoder whose features it probes, not a
+    random one): every baseline and probe prints a number."""
+    predictions = tmp_path / "rte.txt"
+    predictions.write_text("entailment\n" * 60, encoding="utf-8")
+    out = run_benchmark("rte_probe.py", "--limit", "60", "--predictions", str(predictions), cwd=tmp_path)
+    for line in ("majority class on dev: ", "word overlap, threshold tuned on train: ",
+                 "frozen probe, separate sentences [u, v, |u-v|, u*v]: train ", "frozen probe, the pair as one"):
+        assert re.search(re.escape(line) + r".*\d\.\d{4}", out), out
+    assert re.search(r"predictions .*rte.txt: \{0: 60\}, accuracy 0\.\d{4}", out), out

@@ -124,6 +124,25 @@ def test_chat_template_file_for_a_base_without_one(world, capsys) -> None:
     assert "--chat-template" in capsys.readouterr().err
 
 
+def test_an_adapters_saved_chat_template_is_used(world, capsys) -> None:
+    """``lorakit train --chat-template`` saves the template beside the adapter; generate renders with it."""
+    import lorakit
+
+    tmp = world["tmp"]
+    data = write_jsonl(tmp / "chats3.jsonl", [{"messages": c} for c in CONVERSATIONS])
+    expected = run(world, data)
+    model, _ = load_model(str(tmp / "plain"))
+    lorakit.add_adapter(model, lorakit.LoraConfig(r=2, target_modules=["q_proj"]), "chat")  # B = 0: no change
+    for name, template in (("chatml-adapter", CHATML), ("plain-adapter", PLAIN)):
+        lorakit.save_adapter(model, tmp / name, "chat")
+        (tmp / name / "chat_template.jinja").write_text(template, encoding="utf-8")
+    assert run(world, data, "--adapter", str(tmp / "chatml-adapter"), model="plain") == expected
+    assert "chat_template.jinja" in capsys.readouterr().err
+    err = failure(world, capsys, "--data", str(data), "--adapter", str(tmp / "chatml-adapter"), "--adapter",
+                  str(tmp / "plain-adapter"), "--no-merge")
+    assert "different chat templates" in err and "--chat-template" in err
+
+
 def failure(world: dict[str, Any], capsys, *args: str) -> str:
     capsys.readouterr()
     output = world["tmp"] / "failed.txt"

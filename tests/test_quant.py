@@ -305,6 +305,28 @@ def test_adapters_routed_from_files_over_a_quantized_base(tmp_path) -> None:
         torch.testing.assert_close(mixed[i:i + 1], _alone(source, ids[i:i + 1], name), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_adding_and_routing_adapters_never_dequantizes_the_base(arch: str, tmp_path, monkeypatch) -> None:
+    """A quantized layer's ``weight`` is a dequantized copy of the whole matrix: adding a LoRA, saving it and
+    attaching it to the row routing must read only shapes, dtype and device."""
+    model = make(arch).to(torch.bfloat16)
+    quantize_model(model, "int4")
+    calls: list[str] = []
+    original = QuantizedLayer.dequantize
+    monkeypatch.setattr(QuantizedLayer, "dequantize", lambda self: calls.append(self.quant_mode) or original(self))
+    targets = ["c_attn", "c_proj"] if arch == "gpt2" else ["q_proj", "v_proj", "down_proj"]
+    lorakit.add_adapter(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets), "a")
+    lorakit.save_adapter(model, tmp_path / "a", "a")
+    routed = make(arch)
+    quantize_model(routed, "int4")
+    routing = lorakit.set_row_routing(routed, lorakit.RowRouting())
+    config, tensors, _ = read_adapter(tmp_path / "a")
+    attach_routed(routed, routing, "a", plan_routed_adapter(routed, config, tensors, source="a"))
+    assert calls == []
+    factors = [p for n, p in model.named_parameters() if "lora_" in n]
+    assert factors and all(p.dtype == torch.bfloat16 for p in factors)  # the base's dtype, as unquantized
+
+
 # --- auto ---------------------------------------------------------------------------------------------------
 def test_auto_picks_from_the_probe_and_caches_it(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("LORAKIT_HOME", str(tmp_path))

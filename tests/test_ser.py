@@ -189,6 +189,28 @@ def test_cli_evaluate_task_e2e_reports_ser(tmp_path: Path, monkeypatch: pytest.M
     assert "it needs --task e2e" in capsys.readouterr().err
 
 
+def test_cli_evaluate_limit_scores_the_first_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys) -> None:
+    """``lorakit generate --limit N`` writes N lines; ``evaluate --limit N`` scores them against the first N
+    inputs' references (and only those), and still refuses a file of any other length."""
+    _no_scorer(monkeypatch)
+    (tmp_path / "e2e").mkdir()
+    with (tmp_path / "e2e" / "devset.csv").open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["mr", "ref"], [MRS[0], "Zizzi is for adults."], [MRS[1], "Aromi is cheap."]])
+    predictions, refs = tmp_path / "pred.txt", tmp_path / "refs.txt"
+    predictions.write_text(OUTPUTS[0] + "\n", encoding="utf-8")
+    args = ["evaluate", str(predictions), "--task", "e2e", "--data", str(tmp_path), "--json"]
+    assert lorakit_main([*args, "--limit", "1", "--write-refs", str(refs)]) == 0
+    assert json.loads(capsys.readouterr().out)["SER"] == 50.0  # 1 wrong slot of the first MR's 2
+    assert refs.read_text(encoding="utf-8") == "Zizzi is for adults.\n"
+    assert lorakit_main(args) == 2  # one line for two inputs
+    capsys.readouterr()
+    assert lorakit_main([*args, "--limit", "0"]) == 2
+    assert "positive" in capsys.readouterr().err
+    assert lorakit_main(["evaluate", str(predictions), "--data", str(refs), "--limit", "1"]) == 2
+    assert "needs --task" in capsys.readouterr().err
+
+
 @needs_e2e
 def test_dev_references_own_ser() -> None:
     """The human references are noisy: the matcher must find that noise, and only that much.

@@ -288,6 +288,62 @@ def test_chat_template_option_and_api_key(overridden) -> None:
     assert error["param"] == "messages" and "this template takes no system turn" in error["message"]
 
 
+@pytest.fixture(scope="module")
+def templated(world, tmp_path_factory):
+    """A bare base serving an adapter trained with ``--chat-template`` (its ``chat_template.jinja`` beside it),
+    plus adapters whose template file is hostile or broken."""
+    root = tmp_path_factory.mktemp("templated")
+    model = copy.deepcopy(world["plain"])
+    lorakit.add_adapter(model, _configs()["qv4"], "own")
+    tokenizer = chat_tokenizer(None)
+    messages = [{"role": "user", "content": "Name a colour."}]
+    ids = tokenizer(render_generation_prompt(tokenizer, messages, chat_template=PLAIN),
+                    add_special_tokens=False)["input_ids"]
+    ref = tokenizer.decode(greedy(model, ids, [EOS]), skip_special_tokens=True)
+    for name, template in (("own", PLAIN), ("path", str(root / "own" / "chat_template.jinja")),
+                           ("broken", "{% for m in messages %}"), ("escape", None), ("huge", None),
+                           ("latin1", None)):
+        lorakit.save_adapter(model, root / name, "own")
+        if template is not None:
+            (root / name / "chat_template.jinja").write_text(template, encoding="utf-8")
+    (root / "huge" / "chat_template.jinja").write_text(PLAIN + " " * (1 << 20), encoding="utf-8")
+    (root / "latin1" / "chat_template.jinja").write_bytes(PLAIN.replace("assistant:", "caf\xe9:").encode("latin-1"))
+    outside = tmp_path_factory.mktemp("outside") / "t.jinja"
+    outside.write_text(PLAIN, encoding="utf-8")
+    (root / "escape" / "chat_template.jinja").symlink_to(outside)
+    lorakit.delete_adapter(model, "own")
+    running = serve_in_thread(build_engine(model, tokenizer, root), BASE)
+    yield running, messages, ref, root
+    running.stop()
+
+
+def test_an_adapter_is_served_with_the_chat_template_it_was_trained_with(templated) -> None:
+    server, messages, ref, root = templated
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    assert chat(client, "own", messages=messages).choices[0].message.content == ref
+    error = _error(_post(server, "/v1/chat/completions", {"model": BASE, "messages": messages}), 400)
+    assert error["code"] == "no_chat_template"  # the base still has none
+    error = _error(_post(server, "/v1/chat/completions", {"model": "own", "messages": MESSAGES}), 422)
+    assert "this template takes no system turn" in error["message"]  # PLAIN's own refusal: PLAIN rendered it
+    for name, says in (("path", "not a chat template"), ("broken", "not valid Jinja"),
+                       ("escape", "symlink that leaves the adapter folder"), ("huge", "larger than 1048576 bytes"),
+                       ("latin1", "not UTF-8")):
+        error = _error(_post(server, "/v1/chat/completions", {"model": name, "messages": messages}), 400)
+        assert error["param"] == "model" and says in error["message"], error
+        assert "chat_template.jinja" in error["message"] and str(root) not in error["message"], error
+    # a file that cannot be a template fails that adapter's chat requests only; a symlink out of the adapter
+    # folder refuses the adapter, as for any of its files
+    assert _post(server, "/v1/completions", {"model": "broken", "prompt": "hi", "max_tokens": 2}).status_code == 200
+    assert _post(server, "/v1/completions", {"model": "escape", "prompt": "hi", "max_tokens": 2}).status_code == 400
+    # read at the adapter's first chat request and kept until it is unloaded, as its weights are
+    (root / "own" / "chat_template.jinja").write_text("{{ raise_exception('the new template') }}", encoding="utf-8")
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    assert chat(client, "own", messages=messages).choices[0].message.content == ref
+    assert _post(server, "/v1/adapters/unload", {"name": "own"}).status_code == 200
+    error = _error(_post(server, "/v1/chat/completions", {"model": "own", "messages": messages}), 422)
+    assert "the new template" in error["message"]
+
+
 def test_serve_cli_has_chat_template() -> None:
     from lorakit.cli import build_parser
 

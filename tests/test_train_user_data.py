@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from train_fixtures import write_e2e, write_tiny_bert, write_tiny_llama
 
 from lorakit.cli import main
-from lorakit.recipes import build_trainer
+from lorakit.recipes import build_trainer, setup
 from lorakit.train import TrainConfig, Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
@@ -75,6 +75,23 @@ def test_evaluation_during_training_keeps_the_best_and_logs_it(workspace, tmp_pa
     summary = json.loads((run / "summary.json").read_text())
     assert summary["best_step"] == best["step"] and not summary["stopped_early"]
     assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluation_decodes_what_preparation_read_without_reading_the_file_again(workspace, tmp_path):
+    """The eval file is read once, by ``prepare_data``: its prompts and references come with the prepared
+    data, so a file moved away (or changed) after setup changes nothing that evaluation decodes."""
+    eval_file = tmp_path / "dev.jsonl"
+    eval_file.write_bytes((workspace / "e2e-dev.jsonl").read_bytes())
+    config = TrainConfig(data=str(workspace / "e2e-train.jsonl"), eval_data=str(eval_file), model=str(
+        workspace / "tiny-llama"), output=str(tmp_path / "run"), eval_every=2, eval_generate=3, max_steps=2,
+        lora_rank=4, batch_size=8, samples=0)
+    parts = setup(config)
+    eval_file.unlink()
+    prompts, refs = parts.validation_prompts(3)
+    rows = [json.loads(line) for line in (workspace / "e2e-dev.jsonl").read_text().splitlines()][:3]
+    assert prompts == [r["prompt"] for r in rows] and refs == [r["completion"] for r in rows]
+    scores = parts.evaluation.generate(parts.model)
+    assert set(scores) == {"BLEU", "ROUGE_L", "exact_match"}
 
 
 def test_validation_loss_is_token_weighted_over_the_eval_file(workspace, tmp_path):

@@ -319,6 +319,9 @@ def test_cache_is_reused_and_invalidated(tmp_path, tok, monkeypatch):
         second = prepare_data(path, tok, cache_dir=cache, log=None, eval_fraction=0.2)
     assert second.from_cache and second.train == first.train and second.eval == first.eval
     assert second.train_stats == first.train_stats and second.format == first.format
+    # the held-out rows' prompts and references (what evaluation decodes), without reading the file again
+    assert len(first.eval_texts) == len(first.eval) == 6 and second.eval_texts == first.eval_texts
+    assert all(prompt == f"p{ref[1:]}\n" for prompt, ref in first.eval_texts)
 
     changed = [prepare_data(path, tok, cache_dir=cache, log=None, eval_fraction=0.2, max_length=5),
                prepare_data(path, tok, cache_dir=cache, log=None, eval_fraction=0.2, seed=1),

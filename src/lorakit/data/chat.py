@@ -24,6 +24,8 @@ from typing import Any
 from ..train.batching import IGNORE
 
 ROLES = ("system", "user", "assistant")
+CHAT_TEMPLATE_NAME = "chat_template.jinja"  # saved beside an adapter trained with --chat-template
+MAX_TEMPLATE_BYTES = 1 << 20
 
 Message = dict[str, str]
 
@@ -97,6 +99,31 @@ def load_chat_template(spec: str | os.PathLike[str] | None) -> str | None:
     if not path.is_file():
         raise FileNotFoundError(f"chat template {text!r} is neither Jinja text nor an existing file")
     return path.read_text(encoding="utf-8")
+
+
+def adapter_chat_template(folder: str | os.PathLike[str]) -> str | None:
+    """The chat template saved beside an adapter (``chat_template.jinja``, written by ``lorakit train
+    --chat-template``), or None; the text is the template itself, never a path to follow."""
+    path = Path(folder) / CHAT_TEMPLATE_NAME
+    if not path.is_file():
+        return None
+    with path.open("rb") as handle:
+        data = handle.read(MAX_TEMPLATE_BYTES + 1)  # never more, however the file grows meanwhile
+    if len(data) > MAX_TEMPLATE_BYTES:
+        raise ValueError(f"{path}: larger than {MAX_TEMPLATE_BYTES} bytes, not a chat template")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err})") from err
+    check_template_text(text, str(path))
+    return text
+
+
+def check_template_text(text: str, where: str) -> None:
+    """A template given as text must look like one: a text without ``{{``/``{%`` renders no messages, and
+    ``load_chat_template`` would take it for a file name."""
+    if "{{" not in text and "{%" not in text:
+        raise ValueError(f"{where}: not a chat template (no {{{{ }}}} or {{% %}} in it)")
 
 
 def resolve_chat_template(tokenizer, override: str | os.PathLike[str] | None = None) -> str:

@@ -205,6 +205,20 @@ def _write_lines(path: Path, lines: list[str]) -> None:
     atomic_write(path, "".join(line + "\n" for line in lines).encode("utf-8"))
 
 
+def _adapters_chat_template(adapters: list[str]) -> str | None:
+    """The chat template the adapters were trained with (``chat_template.jinja`` beside them), if they have
+    one; adapters with different templates need ``--chat-template`` to say which."""
+    from ..data.chat import CHAT_TEMPLATE_NAME, adapter_chat_template
+
+    found = {folder: text for folder in adapters if (text := adapter_chat_template(folder)) is not None}
+    if len(set(found.values())) > 1:
+        raise ValueError(f"the adapters {', '.join(found)} were trained with different chat templates: pass "
+                         "--chat-template FILE to choose one")
+    if found:
+        print(f"chat template: {Path(next(iter(found))) / CHAT_TEMPLATE_NAME}", file=sys.stderr)
+    return next(iter(found.values()), None)
+
+
 def run_generate(args: argparse.Namespace) -> int:
     from ..data.chat import load_chat_template
     from .api import generate
@@ -213,6 +227,8 @@ def run_generate(args: argparse.Namespace) -> int:
     data = read_user_data(args)
     prompts = read_prompts(args) if data is None else []
     template = load_chat_template(args.chat_template)  # a missing file fails before the model loads
+    if template is None and data is not None and data.format == "messages":
+        template = _adapters_chat_template(args.adapter or [])
     model, tokenizer = load_for_generation(args.model, args.adapter, args.merge, args.device, args.dtype,
                                            args.quantize)
     if data is not None:

@@ -86,9 +86,9 @@ class LoraLayer(nn.Module):
         self._create(name, r, dropout)
         self.train(self.training)  # new modules (dropout) follow the model's train/eval mode
         self.reset_parameters(name, init_weights)
-        weight = self.base_layer.weight
+        dtype, device = weight_spec(self.base_layer)
         for p in self.adapter_parameters(name):
-            p.data = p.data.to(device=weight.device, dtype=weight.dtype if weight.is_floating_point() else None)
+            p.data = p.data.to(device=device, dtype=dtype if dtype.is_floating_point else None)
 
     def delete_adapter(self, name: str) -> None:
         if name in self.merged_adapters:
@@ -183,13 +183,20 @@ class LoraLayer(nn.Module):
         raise NotImplementedError
 
 
+def weight_spec(base: nn.Module) -> tuple[torch.dtype, torch.device]:
+    """The (dtype, device) of a base layer's weight, read without building it: a quantized layer's (lorakit.quant)
+    ``weight`` is a dequantized copy, and it reports the dtype that copy has."""
+    if getattr(base, "quant_mode", None) is not None:
+        return base.dtype, base.device
+    return base.weight.dtype, base.weight.device
+
+
 def features(base: nn.Module) -> tuple[int, int, bool]:
     """(in_features, out_features, fan_in_fan_out) of a Linear or GPT-2 Conv1D (weight stored as in x out)."""
     if isinstance(base, nn.Linear):
         return base.in_features, base.out_features, False
     if isinstance(base, Conv1D):
-        in_features, out_features = base.weight.shape
-        return in_features, out_features, True
+        return base.nx, base.nf, True
     raise TypeError(f"LoRA Linear needs nn.Linear or transformers Conv1D, got {type(base).__name__}")
 
 

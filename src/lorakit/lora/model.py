@@ -353,8 +353,10 @@ def _refuse_tied_merges(model: nn.Module, names: list[str]) -> None:
     for path, param in model.named_parameters(remove_duplicate=False):
         users.setdefault(id(param), []).append(path)
     for path, layer in lora_layers(model):
+        if not set(names) & set(layer.adapter_names) or getattr(layer.base_layer, "quant_mode", None):
+            continue  # nothing to merge here; a quantized base refuses merges on its own (and its weight is a copy)
         shared = users.get(id(layer.base_layer.weight), [])
-        if len(shared) > 1 and set(names) & set(layer.adapter_names):
+        if len(shared) > 1:
             raise RuntimeError(f"cannot merge into {path}: its weight is shared with {shared}, so merging "
                                "would change those modules too; keep this adapter unmerged")
 

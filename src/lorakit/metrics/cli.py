@@ -80,6 +80,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"{', '.join(user_flags)} apply to your own --data file, not to --task {args.task}")
     if args.task is None and args.write_refs:
         raise ValueError("--write-refs writes a built-in task's references: it needs --task")
+    if args.task is None and args.limit is not None:
+        raise ValueError("--limit takes a built-in task's first inputs: it needs --task")
     if args.slot_errors and args.task != "e2e":
         raise ValueError("--slot-errors compares E2E outputs with their MRs: it needs --task e2e")
     with warnings.catch_warnings(record=True) as caught:
@@ -89,11 +91,11 @@ def _evaluate(args: argparse.Namespace) -> int:
                                                columns=args.columns, labels=args.labels)
         else:
             scores = evaluate_predictions(args.task, args.split, args.predictions, args.data,
-                                          slot_report=args.slot_errors)
+                                          slot_report=args.slot_errors, limit=args.limit)
     for warning in caught:
         print(f"lorakit evaluate: warning: {warning.message}", file=sys.stderr)
     if args.write_refs:
-        count = write_references(args.task, args.split, args.write_refs, args.data)
+        count = write_references(args.task, args.split, args.write_refs, args.data, args.limit)
         print(f"wrote the references of {count} inputs to {args.write_refs}", file=sys.stderr)
     if args.slot_errors:
         print(f"wrote the outputs with slot errors to {args.slot_errors}", file=sys.stderr)
@@ -124,6 +126,9 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
                                "in class-id order, for predictions written as class ids")
     evaluate.add_argument("--task", choices=["e2e", "webnlg", "dart"], help="score a built-in benchmark's split")
     evaluate.add_argument("--split", default="dev", help="with --task (default: dev)")
+    evaluate.add_argument("--limit", type=int, metavar="N",
+                          help="with --task: score the split's first N inputs (as `lorakit generate --limit N` "
+                               "decodes them)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     evaluate.add_argument("--write-refs", metavar="PATH",
                           help="with --task: also write the split's references in the e2e-metrics layout to PATH")

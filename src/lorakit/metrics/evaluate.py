@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..data.common import Example
 from ..data.user import UserDataError, load_user_data, parse_columns, references
 from ..data.user.load import INTEGER_TEXT as _INT
 from ..files import atomic_write
@@ -21,11 +22,12 @@ from .labels import read_label_names
 
 def evaluate_predictions(task: str, split: str, predictions: str | os.PathLike[str],
                          root: str | os.PathLike[str] | None = None, *,
-                         slot_report: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+                         slot_report: str | os.PathLike[str] | None = None,
+                         limit: int | None = None) -> dict[str, Any]:
     """Scores of ``predictions`` (one line per input, in the split's order, as ``lorakit generate`` writes
     them) on ``task``'s ``split``: E2E's five metrics and its slot error rate against the MRs (the outputs
     with slot errors written to ``slot_report`` if given), or WebNLG/DART's BLEU/METEOR/TER (WebNLG per
-    seen/unseen/all category)."""
+    seen/unseen/all category). ``limit``: only the split's first inputs (``lorakit generate --limit``)."""
     from .e2e import e2e_scores
     from .ser import slot_scores
     from .webnlg import dart_scores, webnlg_scores_by_category
@@ -33,7 +35,7 @@ def evaluate_predictions(task: str, split: str, predictions: str | os.PathLike[s
     if slot_report is not None and task != "e2e":
         raise ValueError(f"slot errors are E2E's (its MRs have slots); {task} has none")
 
-    examples = get_task(task).examples(split, root)
+    examples = _first(get_task(task).examples(split, root), limit)
     missing = sum(1 for ex in examples if not ex.references)
     if missing:
         raise ValueError(f"{task} {split}: {missing} of {len(examples)} inputs have no references "
@@ -49,13 +51,23 @@ def evaluate_predictions(task: str, split: str, predictions: str | os.PathLike[s
 
 
 def write_references(task: str, split: str, path: str | os.PathLike[str],
-                     root: str | os.PathLike[str] | None = None) -> int:
-    """The split's references in the e2e-metrics layout (an input's references on consecutive lines, inputs
-    separated by an empty line), for ``lorakit metrics`` or the official scorers; returns the input count."""
-    examples = get_task(task).examples(split, root)
+                     root: str | os.PathLike[str] | None = None, limit: int | None = None) -> int:
+    """The split's references (its first ``limit`` inputs' if given) in the e2e-metrics layout (an input's
+    references on consecutive lines, inputs separated by an empty line), for ``lorakit metrics`` or the
+    official scorers; returns the input count."""
+    examples = _first(get_task(task).examples(split, root), limit)
     text = "\n\n".join("\n".join(ex.references) for ex in examples) + "\n"
     atomic_write(Path(path), text.encode("utf-8"))
     return len(examples)
+
+
+def _first(examples: list[Example], limit: int | None) -> list[Example]:
+    """The split's first ``limit`` inputs (all with None): what ``generate --limit`` decodes."""
+    if limit is None:
+        return examples
+    if limit < 1:
+        raise ValueError(f"limit must be a positive number of inputs, got {limit}")
+    return examples[:limit]
 
 
 # ------------------------------------------------------------------------------------- a user's own file

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from .. import lora
-from ..data.user import PreparedData, generation_prompts, load_user_data, prepare_data, references, split_indices
+from ..data.chat import CHAT_TEMPLATE_NAME
+from ..data.user import PreparedData, prepare_data
 from ..decode import generate, preset
 from ..metrics.evaluate import REGRESSION_METRICS, classification_scores, text_scores
 from ..metrics.glue import glue_metric
@@ -60,11 +61,8 @@ class Parts:
             return [self.task.prompt(ex.source) for ex in examples], [(ex.references or [None])[0]
                                                                       for ex in examples]
         assert self.prepared is not None
-        no_prompts = self.prepared.format not in ("prompt-completion", "messages")
-        if no_prompts or (self.config.eval_data is None and self.config.eval_fraction is None):
-            return [], []
-        prompts, refs = _eval_prompts(self.config, self.tokenizer, limit)
-        return prompts, list(refs)
+        texts = (self.prepared.eval_texts or [])[:limit]
+        return [prompt for prompt, _ in texts], [ref for _, ref in texts]
 
     def trainer(self) -> Trainer:
         return Trainer(self.config, self.model, self.tokenizer, self.samples, self.loss,
@@ -178,7 +176,7 @@ def _setup_user_data(config: TrainConfig, model: nn.Module | None, tokenizer) ->
             model.config.id2label, model.config.label2id = prepared.id2label, prepared.label2id
             files[LABELS_NAME] = (json.dumps(list(prepared.labels.names), ensure_ascii=False) + "\n").encode()
     if config.chat_template is not None and prepared.chat_template is not None:
-        files["chat_template.jinja"] = prepared.chat_template.encode()  # what serving must render with
+        files[CHAT_TEMPLATE_NAME] = prepared.chat_template.encode()  # what serving must render with
     model = add_lora(config, model, head)
     samples = subset(prepared.train, config.max_train_examples, config.seed)
     evaluation = _user_evaluation(config, prepared, tokenizer) if config.eval_every else None
@@ -205,23 +203,9 @@ def _user_evaluation(config: TrainConfig, prepared: PreparedData, tokenizer) -> 
         default = "pearson" if labels.regression else "accuracy"
         return Evaluation(samples, config.eval_metric or default, config.batch_size, score_outputs=score)
     generate_scores = None
-    if config.eval_generate and prepared.format in ("prompt-completion", "messages"):
-        prompts, refs = _eval_prompts(config, tokenizer, config.eval_generate)
-        if prompts:
-            generate_scores = _generation_scorer(tokenizer, prompts, [[r] for r in refs],
-                                                 lambda h, r: text_scores(h, [x[0] for x in r]), config.batch_size)
+    texts = (prepared.eval_texts or [])[:config.eval_generate]
+    if texts:
+        generate_scores = _generation_scorer(tokenizer, [prompt for prompt, _ in texts], [[r] for _, r in texts],
+                                             lambda h, r: text_scores(h, [x[0] for x in r]), config.batch_size)
     return Evaluation(samples, config.eval_metric or ("BLEU" if generate_scores else "loss"), config.batch_size,
                       generate=generate_scores)
-
-
-def _eval_prompts(config: TrainConfig, tokenizer, limit: int) -> tuple[list[str], list[str]]:
-    """Up to ``limit`` validation prompts with their references, in file order."""
-    assert config.data is not None
-    if config.eval_data is not None:
-        rows = load_user_data(config.eval_data, format=config.format, columns=config.columns)
-    else:
-        rows = load_user_data(config.data, format=config.format, columns=config.columns)
-        rows = rows.select(split_indices(len(rows), config.eval_fraction or 0.0, config.seed)[1])
-    prompts = generation_prompts(rows, tokenizer, config.chat_template)
-    pairs = [(p, r) for p, r in zip(prompts, references(rows), strict=True) if r][:limit]
-    return [p for p, _ in pairs], [r for _, r in pairs]

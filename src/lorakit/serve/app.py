@@ -7,9 +7,9 @@ path (``generation``) that differs only in the prompt (text or ids; a conversati
 template, ``chat.py``) and in the reply's shape. Errors use OpenAI's shape
 ``{"error": {"message", "type", "param", "code"}}`` so the official client raises with the message.
 
-Two ASGI layers sit in front of the handlers, both acting before a body is read: ``_Guard`` checks bearer
+Two ASGI layers sit in front of the handlers, both acting before a body is read: ``Guard`` checks bearer
 tokens (an API key for the model endpoints, an admin token for loading and unloading adapters) and
-``_BodyLimit`` answers 413 to bodies over ``max_body_bytes``, so a huge body is never parsed on the event
+``BodyLimit`` answers 413 to bodies over ``max_body_bytes``, so a huge body is never parsed on the event
 loop (which would hold up every other request, ``/health`` included).
 """
 
@@ -18,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import hmac
 import json
 import math
 import os
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -35,170 +35,22 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
-from ..data.chat import ChatTemplateError, MessageError
+from ..data.chat import CHAT_TEMPLATE_NAME, MessageError
 from ..decode.sampling import row_seed
-from .chat import ChatPrompts, ChatShape, NoChatTemplate, checked_messages
-from .engine import Engine, GenerationRow, QueueFull, RequestRejected
-from .registry import AdapterConflict, AdapterNotFound, AdapterRefused
+from .chat import ChatPrompts, ChatShape, checked_messages
+from .engine import Engine, GenerationRow
+from .http import (
+    DEFAULT_MAX_BODY_BYTES,
+    ApiError,
+    BodyLimit,
+    Guard,
+    SafeJSONResponse,
+    api_error,
+    error_body,
+    error_response,
+)
+from .registry import AdapterRefused
 from .schemas import AdapterRequest, ChatRequest, ClassifyRequest, CompletionRequest, UnloadRequest
-
-DEFAULT_MAX_BODY_BYTES = 1024 * 1024
-ADMIN_PATHS = ("/v1/adapters/",)  # loading and unloading: what every client then gets served
-OPEN_PATHS = ("/health", "/metrics")  # probes and scrapers send no token
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
-
-
-def _error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
-def _json_safe(value: Any) -> Any:
-    """``value`` as strict JSON can carry it: error bodies echo client input, which may hold NaN, infinities
-    or lone surrogates (Python's JSON parser accepts all three), and must never fail to serialise."""
-    if isinstance(value, dict):
-        return {_json_safe(str(k)): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-            return value
-        except UnicodeEncodeError:
-            return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if value is None or isinstance(value, (bool, int)):
-        return value
-    return _json_safe(str(value))
-
-
-class SafeJSONResponse(JSONResponse):
-    """A JSON response whose content is made strict JSON first (see ``_json_safe``)."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(_json_safe(content), ensure_ascii=False, allow_nan=False,
-                          separators=(",", ":")).encode("utf-8")
-
-
-def _error_response(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
-                    code: str | None = None, headers: dict[str, str] | None = None) -> SafeJSONResponse:
-    return SafeJSONResponse(_error_body(message, kind, param, code), status_code=status, headers=headers)
-
-
-def api_error(err: BaseException, param: str = "model") -> ApiError:
-    """The HTTP status and message for an error raised while serving a request; ``param``: the request field
-    that named the adapter."""
-    if isinstance(err, ApiError):
-        return err
-    if isinstance(err, AdapterNotFound):
-        return ApiError(404, str(err), code="model_not_found", param=param)
-    if isinstance(err, AdapterConflict):
-        return ApiError(409, str(err), param=param, code="adapter_name_taken")
-    if isinstance(err, AdapterRefused):
-        return ApiError(400, str(err), param=getattr(err, "param", None) or param)
-    if isinstance(err, QueueFull):
-        return ApiError(503, str(err), kind="server_overloaded")
-    if isinstance(err, RequestRejected):  # can never succeed as sent (413: larger than the queue)
-        return ApiError(err.status, str(err), param=err.param,
-                        code="request_too_large" if err.status == 413 else None)
-    if isinstance(err, MessageError):  # a malformed conversation: 422 naming the field, as pydantic's are
-        return ApiError(422, f"{err.key}: {err.message}", param=err.key)
-    if isinstance(err, ChatTemplateError):
-        return ApiError(422, f"messages: the chat template refuses this conversation: {err.error}", param="messages")
-    if isinstance(err, NoChatTemplate):
-        return ApiError(400, str(err), param="messages", code="no_chat_template")
-    return ApiError(500, f"{type(err).__name__}: {err}", kind="server_error")
-
-
-def _bearer(scope: dict[str, Any]) -> bytes | None:
-    """The token of an ``Authorization: Bearer <token>`` header, if the request has one."""
-    for key, value in scope.get("headers", ()):
-        if key == b"authorization":
-            scheme, _, token = value.strip().partition(b" ")
-            return token.strip() if scheme.lower() == b"bearer" and token.strip() else None
-    return None
-
-
-class _Guard:
-    """Bearer-token checks, before anything else reads the request (ASGI middleware).
-
-    ``api_key`` guards every path but the adapter admin ones, which ``admin_token`` guards, and the open ones;
-    with an API key and no admin token they need the API key (a server that asks for a key to generate
-    must not let anyone change what it serves). ``/health`` and ``/metrics`` stay open. Tokens are
-    compared in constant time (``hmac.compare_digest``)."""
-
-    def __init__(self, app: Any, api_key: str | None, admin_token: str | None) -> None:
-        self.app = app
-        self.api_key = api_key.encode("utf-8") if api_key else None
-        self.admin_token = admin_token.encode("utf-8") if admin_token else self.api_key
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        path = scope.get("path", "")
-        if scope["type"] != "http" or path in OPEN_PATHS:
-            return await self.app(scope, receive, send)
-        admin = path.startswith(ADMIN_PATHS)
-        needed = self.admin_token if admin else self.api_key  # any other path: the API key (deny by default)
-        given = _bearer(scope)
-        if needed is not None and (given is None or not hmac.compare_digest(given, needed)):
-            if admin:
-                message = ("missing or wrong admin token: loading and unloading adapters needs 'Authorization: "
-                           "Bearer <token>' with the server's admin token (lorakit serve --admin-token or "
-                           "LORAKIT_ADMIN_TOKEN; its API key when it has no admin token)")
-            else:
-                message = ("missing or incorrect API key: send 'Authorization: Bearer <key>' with the server's "
-                           "API key (lorakit serve --api-key or LORAKIT_API_KEY; the openai client's api_key)")
-            response = _error_response(401, message, code="invalid_admin_token" if admin else "invalid_api_key",
-                                       headers={"WWW-Authenticate": 'Bearer realm="lorakit"'})
-            return await response(scope, receive, send)
-        await self.app(scope, receive, send)
-
-
-class _BodyLimit:
-    """413 for request bodies over ``limit`` bytes, decided before the body is parsed (ASGI middleware).
-
-    A declared ``Content-Length`` over the limit is refused unread; a chunked body is read up to the
-    limit and refused as soon as it passes it. Bodies within the limit are handed on as they came."""
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    def _too_large(self) -> SafeJSONResponse:
-        return _error_response(413, f"request body is over this server's limit of {self.limit} bytes "
-                                    "(lorakit serve --max-body-bytes)", code="request_too_large")
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), None)
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._too_large()(scope, receive, send)
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away: nobody to answer
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.limit:
-                return await self._too_large()(scope, receive, send)
-            if not message.get("more_body", False):
-                break
-        replayed = False
-
-        async def replay() -> dict[str, Any]:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()  # later calls: disconnect notices, as the server sends them
-
-        await self.app(scope, replay, send)
 
 
 def _endpoint(path: str) -> str:
@@ -229,11 +81,15 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None, ad
         tokenizing.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="lorakit serve", version="0.1.0", lifespan=lifespan)
-    app.add_middleware(_BodyLimit, limit=max_body_bytes)  # added first: inside the guard, which runs first
-    app.add_middleware(_Guard, api_key=api_key or None, admin_token=admin_token or None)
+    app.add_middleware(BodyLimit, limit=max_body_bytes)  # added first: inside the guard, which runs first
+    app.add_middleware(Guard, api_key=api_key or None, admin_token=admin_token or None)
     metrics = engine.metrics
     tokenizer = copy.deepcopy(engine.tokenizer)  # the tokenizing thread's own (the engine thread uses another)
     chat = ChatPrompts(tokenizer, chat_template, engine.eos)  # a classifier's chat requests get its 400 first
+    # an adapter's own template (None: it has none), read at its first chat request and kept until it is
+    # unloaded, as its weights are; filled on the tokenizing thread, emptied by /v1/adapters/unload
+    adapter_chats: dict[str, ChatPrompts | None] = {}
+    adapter_chats_lock = threading.Lock()
     metrics.gauge("lorakit_queue_rows", "Rows waiting for a place in a batch.", engine.queued)
     metrics.gauge("lorakit_adapters_loaded", "Adapters attached to the model.", lambda: len(engine.loaded()))
 
@@ -262,14 +118,14 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None, ad
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, err: ApiError) -> JSONResponse:
         message = err.message.replace(root + "/", "").replace(root, "<adapter folder>")  # no server paths out
-        return _error_response(err.status, message, err.kind, err.param, err.code)
+        return error_response(err.status, message, err.kind, err.param, err.code)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
         """Starlette's own errors (unknown path, wrong method, a body that is not parseable JSON) in OpenAI's
         shape too, so every error a client gets reads the same."""
         kind = "invalid_request_error" if err.status_code < 500 else "server_error"
-        return _error_response(err.status_code, str(err.detail), kind, headers=err.headers)
+        return error_response(err.status_code, str(err.detail), kind, headers=err.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
@@ -277,7 +133,7 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None, ad
                     for e in err.errors()]
         first = err.errors()[0].get("loc", ()) if err.errors() else ()
         param = ".".join(str(x) for x in first if x != "body") or None
-        body = _error_body("; ".join(problems), "invalid_request_error", param)
+        body = error_body("; ".join(problems), "invalid_request_error", param)
         body["detail"] = [{k: v for k, v in e.items() if k != "input" or _small(v)} for e in err.errors()]
         return SafeJSONResponse(body, status_code=422)
 
@@ -334,13 +190,16 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None, ad
             was_loaded = await asyncio.wrap_future(engine.unload(body.name))
         except Exception as err:
             raise api_error(err, param="name") from err
+        with adapter_chats_lock:
+            adapter_chats.pop(body.name, None)
         return {"name": body.name, "unloaded": bool(was_loaded)}
 
-    async def generation(body: CompletionRequest | ChatRequest, request: Request,
-                         shape: CompletionShape | ChatShape, encode: Callable[[], list[list[int]]],
-                         prompt_param: str = "prompt", stop_ids: frozenset[int] = frozenset()):
+    async def generation(body: CompletionRequest | ChatRequest, request: Request, shape: CompletionShape | ChatShape,
+                         encode: Callable[[str | None], tuple[list[list[int]], frozenset[int]]],
+                         prompt_param: str = "prompt"):
         """One request's rows through the engine, answered whole or streamed in ``shape``: the one path for
-        completions and chat completions. ``encode`` runs on the tokenizing thread and gives the prompts."""
+        completions and chat completions. ``encode(adapter)`` runs on the tokenizing thread and gives the
+        prompts and the token ids that also end a row (a chat template's end of turn)."""
         if engine.classifier:
             raise ApiError(400, f"{base_name} is a classification model: use /v1/classify", param="model")
         try:
@@ -349,7 +208,7 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None, ad
             raise api_error(err) from err
         loop = asyncio.get_running_loop()
         try:
-            prompts = await loop.run_in_executor(tokenizing, encode)
+            prompts, stop_ids = await loop.run_in_executor(tokenizing, encode, adapter)
         except Exception as err:
             raise api_error(err) from err
         longest = max(len(p) for p in prompts)
@@ -378,8 +237,26 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None, ad
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        return await generation(body, request, CompletionShape(), lambda: [_encode(tokenizer, p, engine.input_vocab)
-                                                                          for p in body.prompts()])
+        return await generation(body, request, CompletionShape(), lambda _: (
+            [_encode(tokenizer, p, engine.input_vocab) for p in body.prompts()], frozenset()))
+
+    def chat_for(adapter: str | None) -> ChatPrompts:
+        """The template the requested model was trained with: its adapter's ``chat_template.jinja`` (saved by
+        ``lorakit train --chat-template``), else the server's. Runs on the tokenizing thread, which owns
+        ``tokenizer``."""
+        if adapter is None:
+            return chat
+        with adapter_chats_lock:
+            if adapter in adapter_chats:
+                return adapter_chats[adapter] or chat
+        text = engine.registry.chat_template(adapter)  # a file that cannot be used: a 400, nothing kept
+        try:
+            prompts = None if text is None else ChatPrompts(tokenizer, None, engine.eos, template=text)
+        except ValueError as err:
+            raise AdapterRefused(f"adapter {adapter!r}: {CHAT_TEMPLATE_NAME}: {err}") from err
+        with adapter_chats_lock:
+            adapter_chats[adapter] = prompts
+        return prompts or chat
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
@@ -387,9 +264,12 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None, ad
             messages = checked_messages(body.messages)
         except MessageError as err:
             raise api_error(err) from err
-        return await generation(body, request, ChatShape(),
-                                lambda: [_encode(tokenizer, chat.render(tokenizer, messages), engine.input_vocab)],
-                                prompt_param="messages", stop_ids=chat.stop_ids)
+
+        def encode(adapter: str | None) -> tuple[list[list[int]], frozenset[int]]:
+            rendering = chat_for(adapter)
+            return [_encode(tokenizer, rendering.render(tokenizer, messages), engine.input_vocab)], rendering.stop_ids
+
+        return await generation(body, request, ChatShape(), encode, prompt_param="messages")
 
     @app.post("/v1/classify")
     async def classify(body: ClassifyRequest) -> dict[str, Any]:
@@ -564,7 +444,7 @@ async def _stream(rows: list[GenerationRow], events: asyncio.Queue, reply: dict[
                 yield chunk(shape.ending(data["index"], data["finish_reason"]))
             else:
                 err = api_error(data["error"])
-                yield f"data: {json.dumps(_error_body(err.message, err.kind, err.param, err.code))}\n\n"
+                yield f"data: {json.dumps(error_body(err.message, err.kind, err.param, err.code))}\n\n"
                 return
         if include_usage:
             body = {**reply, "object": shape.chunk_object, "choices": [],

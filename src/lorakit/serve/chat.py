@@ -19,6 +19,7 @@ from jinja2 import TemplateSyntaxError
 from ..data.chat import (
     ChatTemplateError,
     check_messages,
+    check_template_text,
     end_of_turn_id,
     render_chat,
     render_generation_prompt,
@@ -31,12 +32,18 @@ class NoChatTemplate(ValueError):
 
 
 class ChatPrompts:
-    """The served base's chat template (resolved once, at start-up) and the token ids that end a turn."""
+    """A chat template (the served base's, resolved once at start-up, or one an adapter was trained with) and
+    the token ids that end a turn."""
 
-    def __init__(self, tokenizer, override: str | os.PathLike[str] | None, eos: set[int]) -> None:
-        """``override``: ``--chat-template`` (Jinja text or a file; a missing file fails here, at start-up)."""
+    def __init__(self, tokenizer, override: str | os.PathLike[str] | None, eos: set[int], *,
+                 template: str | None = None) -> None:
+        """``override``: ``--chat-template`` (Jinja text or a file; a missing file fails here, at start-up).
+        ``template``: Jinja text used as it is (an adapter's ``chat_template.jinja``), never read as a path."""
+        if template is not None:
+            check_template_text(template, "the chat template")  # text, never a file name to follow
         try:
-            self.template: str | None = resolve_chat_template(tokenizer, override)
+            self.template: str | None = template if template is not None else resolve_chat_template(tokenizer,
+                                                                                                     override)
         except ValueError:  # no template at all: the server runs, chat requests get a 400 saying why
             self.template = None
         if self.template is not None:

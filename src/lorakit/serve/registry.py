@@ -21,12 +21,14 @@ from typing import Any
 import torch
 
 from ..adapters.io import CONFIG_NAME, LEGACY_WEIGHTS_NAME, WEIGHTS_NAME, read_adapter
+from ..data.chat import CHAT_TEMPLATE_NAME, adapter_chat_template
 from ..lora.config import LoraConfig
 from ..metrics.labels import LABELS_NAME
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # always fullmatch: "$" would accept "name\n"
 MAX_PATH_CHARS = 1024
-ADAPTER_FILES = (CONFIG_NAME, WEIGHTS_NAME, LEGACY_WEIGHTS_NAME, LABELS_NAME)  # every file a read opens
+# every file a read opens
+ADAPTER_FILES = (CONFIG_NAME, WEIGHTS_NAME, LEGACY_WEIGHTS_NAME, LABELS_NAME, CHAT_TEMPLATE_NAME)
 
 
 class AdapterNotFound(KeyError):
@@ -210,6 +212,15 @@ class AdapterRegistry:
             self._aliases.pop(name, None)
 
     # --- reading
+    def chat_template(self, name: str) -> str | None:
+        """The chat template adapter ``name`` was trained with (its ``chat_template.jinja``), or None."""
+        folder = self.folder(name)
+        self._check_files(name, folder)
+        try:
+            return adapter_chat_template(folder)
+        except (OSError, ValueError) as err:
+            raise AdapterRefused(f"adapter {name!r}: {err}") from err
+
     def read(self, name: str) -> ReadAdapter:
         """Read and check adapter ``name`` now (on the calling thread)."""
         folder = self.folder(name)

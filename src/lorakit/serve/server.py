@@ -15,8 +15,9 @@ from pathlib import Path
 
 from torch import nn
 
-from .app import DEFAULT_MAX_BODY_BYTES, create_app
+from .app import create_app
 from .engine import Engine
+from .http import DEFAULT_MAX_BODY_BYTES
 from .metrics import Metrics
 from .registry import AdapterRegistry
 

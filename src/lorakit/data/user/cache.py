@@ -19,7 +19,7 @@ from ...train.batching import ClassificationSample, Sample
 from .encode import PreparedData, SplitStats
 from .load import LabelSet
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: eval_texts
 
 
 def _file_digest(source: str | os.PathLike[str]) -> str:
@@ -108,7 +108,7 @@ def _save_cache(root: Path, key: str, prepared: PreparedData) -> Path | None:
                                                                 "names": list(prepared.labels.names)},
                 "train_stats": vars(prepared.train_stats),
                 "eval_stats": None if prepared.eval_stats is None else vars(prepared.eval_stats),
-                "eval": prepared.eval is not None, "header": prepared.header,
+                "eval": prepared.eval is not None, "header": prepared.header, "eval_texts": prepared.eval_texts,
             }
             (staging / "meta.json").write_text(json.dumps(meta, indent=1))
     return final
@@ -126,6 +126,7 @@ def _load_cache(folder: Path) -> PreparedData:
     prepared = PreparedData(
         meta["format"], split("train"), split("eval") if meta["eval"] else None,
         SplitStats(**meta["train_stats"]), None if meta["eval_stats"] is None else SplitStats(**meta["eval_stats"]),
-        labels, meta["chat_template"], meta["source"], meta["eval_source"], meta["max_length"], meta["truncation"],
+        labels, meta["chat_template"], None if meta["eval_texts"] is None else [tuple(t) for t in meta["eval_texts"]],
+        meta["source"], meta["eval_source"], meta["max_length"], meta["truncation"],
         cache_path=folder, from_cache=True, header=[*meta["header"], f"tokenized samples read from the cache {folder}"])
     return prepared

@@ -197,6 +197,9 @@ class PreparedData:
     eval_stats: SplitStats | None
     labels: LabelSet | None = None  # classification
     chat_template: str | None = None  # the template conversations were rendered with (save it with the adapter)
+    # the eval split's (generation prompt, reference) pairs, in file order, for examples that have a reference
+    # (prompt-completion and messages): what evaluation during training decodes and scores
+    eval_texts: list[tuple[str, str]] | None = None
     source: str = ""
     eval_source: str | None = None
     max_length: int = 0

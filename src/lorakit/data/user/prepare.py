@@ -20,7 +20,7 @@ from .encode import (
     encode_texts,
 )
 from .formats import UserDataError, normalize_format, parse_columns
-from .load import LabelSet, UserData, load_user_data
+from .load import LabelSet, UserData, generation_prompts, load_user_data, references
 
 
 def split_indices(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -111,9 +111,13 @@ def prepare_data(
         _encode(tokenizer, evaluation, max_length, truncation, template)
     if not train_samples:
         raise UserDataError(f"no training examples left after truncation to max_length={max_length}", train.path)
+    eval_texts = None
+    if evaluation is not None and train.format in ("prompt-completion", "messages"):
+        eval_texts = [(prompt, ref) for prompt, ref in zip(generation_prompts(evaluation, tokenizer, template),
+                                                           references(evaluation), strict=True) if ref]
     prepared = PreparedData(train.format, train_samples, eval_samples, train_stats, eval_stats, labels, template,
-                            str(data), None if eval_data is None else str(eval_data), max_length, truncation,
-                            header=header)
+                            eval_texts, str(data), None if eval_data is None else str(eval_data), max_length,
+                            truncation, header=header)
     for line in prepared.summary():
         say(line)
     if key is not None:

@@ -19,11 +19,11 @@ class FactorBank:
     file's own layouts (A: r x in, B: out x r) with the scaling folded into B, ranks zero-padded. Slot 0,
     and a slot's entries for layers its adapter does not touch, stay zero."""
 
-    def __init__(self, like: torch.Tensor, in_dim: int, out_dim: int) -> None:
+    def __init__(self, dtype: torch.dtype, device: torch.device, in_dim: int, out_dim: int) -> None:
         self.positions: dict[LoraLayer, int] = {}
         self.size = 0  # positions handed out (a forgotten layer's stays unused)
-        self.a = like.new_zeros(0, 1, 0, in_dim)
-        self.b = like.new_zeros(0, 1, out_dim, 0)
+        self.a = torch.zeros(0, 1, 0, in_dim, dtype=dtype, device=device)
+        self.b = torch.zeros(0, 1, out_dim, 0, dtype=dtype, device=device)
 
     def _grow(self, layers: int, slots: int, rank: int) -> None:
         old_l, old_s, old_r = self.a.shape[:3]

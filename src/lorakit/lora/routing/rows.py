@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..layers import Embedding, LoraLayer, ModulesToSave
+from ..layers import Embedding, LoraLayer, ModulesToSave, weight_spec
 from ..model import adapter_names, lora_layers
 from .banks import FactorBank
 from .compute import Entry, MixedEmbeddingRows, MixedRows, SingleAdapter, SingleEmbedding
@@ -75,7 +75,7 @@ class RowRouting:
                 bank_key = (embedding, in_dim, out_dim)
                 bank = self._banks.get(bank_key)
                 if bank is None:
-                    bank = self._banks[bank_key] = FactorBank(items[0][0].base_layer.weight, in_dim, out_dim)
+                    bank = self._banks[bank_key] = FactorBank(*weight_spec(items[0][0].base_layer), in_dim, out_dim)
                 layers = [layer for layer, _ in items]
                 a = torch.stack([f[0] for _, f in items])
                 scales = torch.tensor([f[2] for _, f in items], dtype=a.dtype, device=a.device)
