@@ -4,13 +4,8 @@ loading, health, metrics.
 Handlers only check and tokenize requests and wait for the engine (``engine.py``), which runs the model on
 its own thread; they never block the event loop on a forward pass. Completions and chat completions are one
 path (``generation``) that differs only in the prompt (text or ids; a conversation rendered with the chat
-template, ``chat.py``) and in the reply's shape. Errors use OpenAI's shape
-``{"error": {"message", "type", "param", "code"}}`` so the official client raises with the message.
-
-Two ASGI layers sit in front of the handlers, both acting before a body is read: ``Guard`` checks bearer
-tokens (an API key for the model endpoints, an admin token for loading and unloading adapters) and
-``BodyLimit`` answers 413 to bodies over ``max_body_bytes``, so a huge body is never parsed on the event
-loop (which would hold up every other request, ``/health`` included).
+template, ``chat.py``) and in the reply's shape. OpenAI-shaped errors, the bearer-token checks (``Guard``)
+and the body limit (``BodyLimit``) come from ``http.py``; the two ASGI layers act before a body is read.
 """
 
 from __future__ import annotations
