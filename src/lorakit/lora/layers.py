@@ -125,7 +125,7 @@ class LoraLayer(nn.Module):
         for name in names if names is not None else self.active_adapters:
             if name in self.merged_adapters or name not in self.r:
                 continue
-            mode = getattr(self.base_layer, "quant_mode", None)  # lorakit.quant's layers: weight is a copy
+            mode = quant_mode_of(self.base_layer)
             if mode is not None:
                 raise RuntimeError(f"cannot merge adapter {name!r} into a {mode}-quantized base layer: keep it "
                                    "unmerged (same outputs) or load the base unquantized to merge")
@@ -183,10 +183,17 @@ class LoraLayer(nn.Module):
         raise NotImplementedError
 
 
+def quant_mode_of(base: nn.Module) -> str | None:
+    """The mode of a base layer quantized by ``lorakit.quant`` (its layers say so in ``quant_mode``; this package
+    imports nothing from there), else None. Such a layer's ``weight`` is a dequantized copy, and it takes no
+    merge."""
+    return getattr(base, "quant_mode", None)
+
+
 def weight_spec(base: nn.Module) -> tuple[torch.dtype, torch.device]:
-    """The (dtype, device) of a base layer's weight, read without building it: a quantized layer's (lorakit.quant)
-    ``weight`` is a dequantized copy, and it reports the dtype that copy has."""
-    if getattr(base, "quant_mode", None) is not None:
+    """The (dtype, device) of a base layer's weight, read without building it: a quantized layer reports the
+    dtype its dequantized copy has."""
+    if quant_mode_of(base) is not None:
         return base.dtype, base.device
     return base.weight.dtype, base.weight.device
 

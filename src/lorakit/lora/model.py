@@ -15,7 +15,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .config import LoraConfig, RegexBudget, name_matches
-from .layers import Embedding, FusedLinear, Linear, LoraLayer, ModulesToSave
+from .layers import Embedding, FusedLinear, Linear, LoraLayer, ModulesToSave, quant_mode_of
 
 _CONFIGS = "_lorakit_configs"
 _ACTIVE = "_lorakit_active"
@@ -339,7 +339,7 @@ def _refuse_quantized_merges(model: nn.Module, names: list[str]) -> None:
     """A quantized base (``lorakit.quant``) cannot take a merge: requantizing the merged weight would add a
     new rounding error on top of the update. Refused before any layer changes."""
     for path, layer in lora_layers(model):
-        mode = getattr(layer.base_layer, "quant_mode", None)
+        mode = quant_mode_of(layer.base_layer)
         if mode is not None and set(names) & set(layer.adapter_names):
             raise RuntimeError(f"cannot merge into {path}: its base weight is quantized ({mode}), and rounding "
                                "the merged weight again would add its error to the update; keep the adapter "
@@ -353,8 +353,8 @@ def _refuse_tied_merges(model: nn.Module, names: list[str]) -> None:
     for path, param in model.named_parameters(remove_duplicate=False):
         users.setdefault(id(param), []).append(path)
     for path, layer in lora_layers(model):
-        if not set(names) & set(layer.adapter_names) or getattr(layer.base_layer, "quant_mode", None):
-            continue  # nothing to merge here; a quantized base refuses merges on its own (and its weight is a copy)
+        if not set(names) & set(layer.adapter_names):
+            continue  # nothing to merge here (nor a quantized base: _refuse_quantized_merges ran first)
         shared = users.get(id(layer.base_layer.weight), [])
         if len(shared) > 1:
             raise RuntimeError(f"cannot merge into {path}: its weight is shared with {shared}, so merging "
