@@ -12,6 +12,9 @@ training step time and peak memory, side by side in one run.
 3. Training: lorakit's Trainer (the ``quantize`` setting, as ``lorakit train --quantize``) on E2E train,
    each configuration in its own subprocess: seconds per step (steps after the first two) and peak RSS
    during training (VmHWM reset after setup, so loading is not counted; the load peak is shown apart).
+4. Loading: ``load_model(quantize=MODE)`` in a fresh subprocess each, quantizing from fp32
+   (``quant_cache=False``) against reading the disk cache (``lorakit.quant.cache``, filled by a load
+   before): seconds and peak RSS of the load, and the cache entry's size; fp32 (``none``) for reference.
 
     LORAKIT_DATA=../shared/data .venv/bin/python benchmarks/quant_speed.py           # several minutes
     LORAKIT_DATA=../shared/data .venv/bin/python benchmarks/quant_speed.py --quick   # about a minute
@@ -31,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -66,16 +70,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-batch", type=int, default=8)
     p.add_argument("--checkpointing", action="store_true", help="train with gradient checkpointing (activations "
                    "recomputed: the weights are then a larger share of the memory)")
-    p.add_argument("--skip", nargs="*", default=[], choices=["quality", "greedy", "train"], help="parts not to run")
+    p.add_argument("--load-modes", nargs="*", default=["int8", "bf16", "int4"], help="loading: fresh vs cached")
+    p.add_argument("--skip", nargs="*", default=[], choices=["quality", "greedy", "train", "load"],
+                   help="parts not to run")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--quick", action="store_true", help="about a minute: fewer prompts, tokens and steps")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--train-worker", help=argparse.SUPPRESS)  # internal: one training configuration
+    p.add_argument("--load-worker", nargs=2, help=argparse.SUPPRESS)  # internal: MODE cached|fresh
     args = p.parse_args(argv)
     if args.quick:
         args.quality_prompts, args.batches, args.new_tokens, args.repeats = 8, 1, 16, 1
         args.modes, args.hf_modes, args.train_steps, args.train_batch = ["int8", "bf16"], ["int8"], 4, 4
-        args.train_modes = ["none", "int8"]
+        args.train_modes, args.load_modes = ["none", "int8"], ["int8"]
     return args
 
 
@@ -232,12 +239,68 @@ def training(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+# --- 4. loading (one subprocess per load) -------------------------------------------------------------
+def load_worker(args: argparse.Namespace) -> None:
+    from lorakit.models import load_model
+
+    mode, how = args.load_worker
+    resolve_location(args.model)  # converts SmolLM2 once (outside the timing) if the cache lacks it
+    start = time.perf_counter()
+    load_model(args.model, quantize=mode, quant_cache=how == "cached")
+    seconds = time.perf_counter() - start
+    print(RESULT_MARK + json.dumps({"mode": mode, "how": how, "seconds": seconds, "peak_rss_mb": peak_rss_mb()}),
+          flush=True)
+
+
+def loading(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from lorakit.quant.cache import cache_root
+
+    rows = []
+    for mode in ["none", *args.load_modes]:
+        for how in (("fresh",) if mode == "none" else ("fresh", "fill", "cached")):
+            cmd = [sys.executable, __file__, "--load-worker", mode, "fresh" if how == "fresh" else "cached",
+                   "--model", args.model] + (["--threads", str(args.threads)] if args.threads else [])
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARK)]
+            if proc.returncode != 0 or not lines:
+                print(f"load {mode} {how}: failed\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}", flush=True)
+                break
+            if how != "fill":  # the first cached load may have had to write the entry: not timed
+                rows.append({"bench": "load", **json.loads(lines[-1][len(RESULT_MARK):]), "how": how})
+    sizes = {}
+    for marker in cache_root().glob("*/lorakit-cache.json"):
+        stamp = json.loads(marker.read_text())
+        if stamp.get("source") == str(Path(resolve_location(args.model)).resolve()):
+            sizes[stamp["mode"]] = sum(f.stat().st_size for f in marker.parent.iterdir())
+    base = next((r for r in rows if r["mode"] == "none"), None)
+    for r in rows:
+        extra = ""
+        if r["how"] == "cached":
+            fresh = next(x for x in rows if x["mode"] == r["mode"] and x["how"] == "fresh")
+            extra = (f" -> {r['seconds'] / fresh['seconds']:.2f}x the time and "
+                     f"{r['peak_rss_mb'] / fresh['peak_rss_mb']:.2f}x the peak of quantizing; cache entry "
+                     f"{sizes.get(r['mode'], 0) / 2**20:.0f} MiB")
+        ref = f" ({r['seconds'] / base['seconds']:.1f}x fp32's time)" if base and r is not base else ""
+        print(f"load {r['mode']:5s} {r['how']:6s}: {r['seconds']:.2f} s{ref}, peak RSS {r['peak_rss_mb']:.0f} MiB"
+              f"{extra}", flush=True)
+    return rows
+
+
+def resolve_location(name: str) -> str:
+    from lorakit.models import resolve_model
+
+    return resolve_model(name).location
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.train_worker:
         train_worker(args)
+        return 0
+    if args.load_worker:
+        load_worker(args)
         return 0
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
     print(f"machine: {describe()}; torch threads={torch.get_num_threads()}; python {platform.python_version()}; "
@@ -255,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     del model
     if "train" not in args.skip:
         results += training(args)
+    if "load" not in args.skip:
+        results += loading(args)
     print(f"load average at the end {os.getloadavg()}")
     if args.json:
         Path(args.json).write_text(json.dumps({"argv": sys.argv, "results": results}, indent=2))

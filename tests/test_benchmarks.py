@@ -90,13 +90,16 @@ def test_serve_load(tiny_model, tmp_path):
                      out, re.M), out
 
 
-def test_quant_speed(tiny_model, tmp_path):
+def test_quant_speed(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("LORAKIT_HOME", str(tmp_path / "home"))  # the load part fills a quantized cache
     out = run_benchmark("quant_speed.py", "--model", str(tiny_model), "--quick", "--quality-prompts", "2",
                         "--new-tokens", "4", "--train-steps", "3", "--train-batch", "2", cwd=tmp_path)
     assert re.search(r"^quality int8\s+: logits relative error \d+\.\d+, top-1 agreement", out, re.M), out
     assert re.search(r"greedy batch 8: lorakit int8 .* -> \d+\.\d+x HF fp32, \d+\.\d+x lorakit fp32, \d+\.\d+x HF "
                      r"on the same base", out), out
     assert re.search(r"^train int8 : .* throughput \d+\.\d+x, peak RSS \d+\.\d+x", out, re.M), out
+    assert re.search(r"^load int8  cached: .* -> \d+\.\d+x the time and \d+\.\d+x the peak of quantizing; "
+                     r"cache entry \d+ MiB", out, re.M), out
 
 
 @pytest.mark.skipif(DATA is None or not (DATA / "glue" / "RTE").is_dir(), reason="needs the shared RTE data")
@@ -110,3 +113,21 @@ def test_rte_probe(tmp_path):
                  "frozen probe, separate sentences [u, v, |u-v|, u*v]: train ", "frozen probe, the pair as one"):
         assert re.search(re.escape(line) + r".*\d\.\d{4}", out), out
     assert re.search(r"predictions .*rte.txt: \{0: 60\}, accuracy 0\.\d{4}", out), out
+
+
+def test_rerank_e2e(tiny_model, tmp_path):
+    import lorakit
+    from lorakit import LoraConfig
+    from lorakit.models import load_model
+
+    model, _ = load_model(str(tiny_model))
+    lorakit.add_adapter(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    lorakit.save_adapter(model, tmp_path / "adapter")
+    out = run_benchmark("rerank_e2e.py", "--model", str(tiny_model), "--adapter", str(tmp_path / "adapter"),
+                        "--limit", "3", "--beams", "2", "--length-penalty", "0.9", "1.0", "--outputs",
+                        str(tmp_path / "out"), cwd=tmp_path)
+    for lp in ("0.9", "1.0"):  # both picks of both settings scored, from the same beams
+        for pick in ("top beam", "reranked"):
+            assert re.search(rf"^\| 2 \| {lp} \| {pick} \| \d\.\d{{4}} \| .* \| \d+\.\d\d \|", out, re.M), out
+            assert len((tmp_path / "out" / f"beam2-lp{lp}-{pick.replace(' ', '-')}.txt").read_text().splitlines()) == 3
+    assert re.search(r"^reranked 3 n-best lists by slot errors: \d picks changed", out, re.M), out

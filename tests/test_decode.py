@@ -20,7 +20,16 @@ from transformers.generation.logits_process import (
 
 import lorakit
 from lorakit import LoraConfig
-from lorakit.decode import DecodeConfig, generate, generate_ids, length_batches, preset
+from lorakit.decode import (
+    CausalLM,
+    DecodeConfig,
+    beam_hypotheses,
+    beam_search,
+    generate,
+    generate_ids,
+    length_batches,
+    preset,
+)
 from lorakit.decode.logits import NGramBlocker
 from lorakit.decode.sampling import filter_scores
 
@@ -102,6 +111,24 @@ def test_beam_search_without_early_stopping_equals_hf_generate(early_stopping):
     ours = generate_ids(model, prompts, config, eos_token_id=eos, pad_token_id=PAD)
     assert ours == _hf(model, prompts, eos, max_new_tokens=8, num_beams=3, do_sample=False, length_penalty=1.2,
                        early_stopping=early_stopping)
+
+
+@pytest.mark.parametrize(("arch", "early_stopping"), [("llama", True), ("gpt2", "never")])
+def test_beam_hypotheses_equal_hf_num_return_sequences(arch, early_stopping):
+    """The n-best lists a reranker picks from: every finished hypothesis, in HF's order, the first one
+    being what plain beam search returns."""
+    model, prompts = make(arch), _prompts()
+    eos = _eos_that_occurs(model, prompts, 9)
+    config = DecodeConfig("beam", max_new_tokens=9, num_beams=4, length_penalty=0.8, early_stopping=early_stopping)
+    lm = CausalLM(model)
+    with torch.inference_mode():
+        ours = beam_hypotheses(lm, prompts, config, [eos], PAD)
+        top = beam_search(lm, prompts, config, [eos], PAD)
+    hf = _hf(model, prompts, eos, max_new_tokens=9, num_beams=4, num_return_sequences=4, do_sample=False,
+             length_penalty=0.8, early_stopping=early_stopping)
+    assert ours == [hf[4 * i:4 * i + 4] for i in range(len(prompts))]
+    assert top == [hypotheses[0] for hypotheses in ours]
+    assert any(len(set(map(tuple, hypotheses))) == 4 for hypotheses in ours)
 
 
 def test_refilled_stream_equals_hf_generate():
@@ -367,3 +394,23 @@ def test_decode_summary_names_only_the_settings_its_strategy_uses():
     assert "num_beams=10" in preset("e2e").summary() and "temperature" not in preset("e2e").summary()
     sample = DecodeConfig("sample", temperature=0.7, seed=3).summary()
     assert "temperature=0.7" in sample and "seed=3" in sample and "num_beams" not in sample
+
+
+@pytest.mark.skipif(shared_data_dir() is None, reason="E2E data not found (set LORAKIT_DATA)")
+def test_cli_rerank_writes_each_inputs_least_wrong_hypothesis(smollm2, tmp_path):
+    from lorakit.decode import generate_hypotheses
+    from lorakit.decode.rerank import rerank_by_slots
+    from lorakit.tasks import get_task
+
+    out = tmp_path / "dev.txt"
+    assert _cli(["generate", "--model", "smollm2-135m", "--task", "e2e", "--split", "dev", "--data",
+                 str(shared_data_dir()), "--limit", "3", "--num-beams", "3", "--max-new-tokens", "12",
+                 "--rerank", "slots", "--output", str(out), "--no-progress"]) == 0
+    model, tokenizer = smollm2
+    examples = get_task("e2e").examples("dev", shared_data_dir())[:3]
+    mrs = [ex.meta["mr"] for ex in examples]
+    hypotheses = generate_hypotheses(model, tokenizer, [f"{ex.source}\n" for ex in examples],
+                                     preset("e2e", num_beams=3, max_new_tokens=12), progress=False)
+    assert all(len(h) == 3 for h in hypotheses)
+    chosen, _ = rerank_by_slots(mrs, hypotheses)
+    assert out.read_text().splitlines() == [" ".join(t.split()) for t in chosen]

@@ -13,7 +13,7 @@ from lorakit.data import DataFormatError
 from lorakit.data.dart import read_dart_json
 from lorakit.data.e2e import read_e2e_csv
 from lorakit.data.glue import glue_spec, read_glue_tsv
-from lorakit.decode.cli import read_prompts
+from lorakit.decode.cli import read_prompts, read_sources
 from lorakit.metrics.files import MetricsFileError, read_e2e_refs, read_hypotheses
 from lorakit.nlu.cli import read_inputs
 
@@ -71,10 +71,11 @@ def _prompt_args(path: Path) -> argparse.Namespace:
 def test_generate_input_lines(tmp_path: Path) -> None:
     path = tmp_path / "inputs.txt"
     path.write_text("name[A]\x0cnear[B]\r\nname[C]\u2028x\nname[D]\n", encoding="utf-8")
-    assert read_prompts(_prompt_args(path)) == ["name[A]\x0cnear[B]", "name[C]\u2028x", "name[D]"]
+    args = _prompt_args(path)
+    assert read_prompts(args, read_sources(args)) == ["name[A]\x0cnear[B]", "name[C]\u2028x", "name[D]"]
     path.write_bytes(b"name[A]\n" + LATIN1 + b"\n")
     with pytest.raises(DataFormatError, match=r"inputs\.txt, line 2: not UTF-8 text"):
-        read_prompts(_prompt_args(path))
+        read_sources(_prompt_args(path))
 
 
 def test_predict_input_lines(tmp_path: Path) -> None:

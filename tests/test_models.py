@@ -15,6 +15,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from lorakit import models
+from lorakit.files import build_stamped_folder
 from lorakit.models import (
     CACHE_MARKER,
     MODELS,
@@ -111,10 +112,10 @@ def test_interrupted_write_leaves_no_cache(tmp_path: Path) -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        models._write_atomically(dest, killed, {"format": 1})
+        build_stamped_folder(dest, killed, {"format": 1}, CACHE_MARKER)
     assert list(dest.parent.iterdir()) == []
 
-    models._write_atomically(dest, lambda folder: (folder / "config.json").write_text("{}"), {"format": 1})
+    build_stamped_folder(dest, lambda folder: (folder / "config.json").write_text("{}"), {"format": 1}, CACHE_MARKER)
     assert {p.name for p in dest.iterdir()} == {CACHE_MARKER, "config.json"}
     assert list(dest.parent.iterdir()) == [dest]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 
 import peft
 import pytest
@@ -14,6 +15,7 @@ from train_fixtures import write_e2e, write_tiny_llama
 from transformers.pytorch_utils import Conv1D
 
 import lorakit
+import lorakit.quant.cache as cache
 import lorakit.quant.probe as probe
 from lorakit import LoraConfig
 from lorakit.adapters.io import read_adapter
@@ -26,6 +28,7 @@ from lorakit.quant import (
     QuantConv1D,
     QuantizedLayer,
     QuantLinear,
+    QuantWeight,
     choose_mode,
     int8_kernel_available,
     quant_mode,
@@ -365,6 +368,9 @@ def test_quantize_setting_and_flags(tmp_path) -> None:
         TrainConfig(quantize="int2")
     with pytest.raises(ConfigError, match="quantize: a quantized base is frozen"):
         TrainConfig(quantize="int8", full_finetune=True)
+    # auto (the main job's config) means "where it pays off": a full fine-tune of that config loads fp32
+    assert TrainConfig(quantize="auto", full_finetune=True).base_quantize == "none"
+    assert TrainConfig(quantize="auto").base_quantize == "auto"
     parser = build_parser()
     for command in (["generate", "--model", "m", "--output", "o"], ["predict", "--model", "m"],
                     ["serve", "--model", "m", "--adapters", "a"], ["train"]):
@@ -391,3 +397,97 @@ def test_smollm2_int4_is_exact_and_int8_quantizes_the_tied_head_apart() -> None:
     quantize_model(fp32, "int8")
     assert isinstance(fp32.lm_head, QuantLinear) and fp32.model.embed_tokens.weight.dtype == torch.float32
     torch.testing.assert_close(fp32.model.embed_tokens.weight, embedding, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------------- the disk cache
+def _count_quantizations(monkeypatch) -> list[str]:
+    """Every weight quantized from full precision (``QuantWeight.__init__``), not read from the cache."""
+    calls: list[str] = []
+    original = QuantWeight.__init__
+
+    def counted(self, weight):
+        calls.append(self.mode)
+        original(self, weight)
+
+    monkeypatch.setattr(QuantWeight, "__init__", counted)
+    return calls
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_cached_quantized_model_equals_a_freshly_quantized_one(mode, tmp_path, monkeypatch, ids) -> None:
+    monkeypatch.setenv("LORAKIT_HOME", str(tmp_path / "home"))
+    folder = write_tiny_llama(tmp_path / "model")
+    calls = _count_quantizations(monkeypatch)
+    fresh, _ = load_model(str(folder), quantize=mode)
+    built = len(calls)
+    assert built == len(list(quantized_layers(fresh))) > 0
+    entries = list((tmp_path / "home" / "quantized").iterdir())
+    assert len(entries) == 1 and {p.name for p in entries[0].iterdir()} == {cache.MARKER, cache.WEIGHTS}
+    cached, _ = load_model(str(folder), quantize=mode)
+    assert len(calls) == built  # nothing quantized again: every layer came from the cache
+    uncached, _ = load_model(str(folder), quantize=mode, quant_cache=False)
+    assert len(calls) == 2 * built
+    torch.testing.assert_close(logits(cached, ids), logits(fresh, ids), rtol=0, atol=0)
+    torch.testing.assert_close(logits(uncached, ids), logits(fresh, ids), rtol=0, atol=0)
+    for (path, a), (_, b) in zip(quantized_layers(fresh), quantized_layers(cached), strict=True):
+        assert a.quant_mode == b.quant_mode == mode and a.qweight.nbytes == b.qweight.nbytes, path
+
+
+def test_a_changed_model_or_a_broken_cache_entry_is_quantized_again(tmp_path, monkeypatch, ids) -> None:
+    monkeypatch.setenv("LORAKIT_HOME", str(tmp_path / "home"))
+    folder = write_tiny_llama(tmp_path / "model")
+    calls = _count_quantizations(monkeypatch)
+    load_model(str(folder), quantize="bf16")
+    (old,) = (tmp_path / "home" / "quantized").iterdir()
+    write_tiny_llama(folder, seed=1)  # new weights in the same folder: the old entry must not be used
+    before = len(calls)
+    changed, _ = load_model(str(folder), quantize="bf16")
+    assert len(calls) > before and not old.exists()  # requantized; the outdated entry of this folder removed
+    expected = logits(load_model(str(folder), quantize="bf16", quant_cache=False)[0], ids)
+    torch.testing.assert_close(logits(changed, ids), expected, rtol=0, atol=0)
+
+    (entry,) = (tmp_path / "home" / "quantized").iterdir()
+    (entry / cache.WEIGHTS).write_bytes((entry / cache.WEIGHTS).read_bytes()[:100])  # a truncated file
+    before = len(calls)
+    with pytest.warns(UserWarning, match=r"quantized cache .* is unreadable .*quantizing again"):
+        repaired, _ = load_model(str(folder), quantize="bf16")
+    assert len(calls) > before
+    torch.testing.assert_close(logits(repaired, ids), expected, rtol=0, atol=0)
+    assert (entry / cache.WEIGHTS).stat().st_size > 100  # written whole again
+
+
+def test_an_unwritable_cache_is_skipped_with_a_warning(tmp_path, monkeypatch, ids) -> None:
+    home = tmp_path / "home"
+    home.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("LORAKIT_HOME", str(home))
+    folder = write_tiny_llama(tmp_path / "model")
+    with pytest.warns(UserWarning, match="could not write the quantized cache"):
+        model, _ = load_model(str(folder), quantize="int4")
+    expected = logits(load_model(str(folder), quantize="int4", quant_cache=False)[0], ids)
+    torch.testing.assert_close(logits(model, ids), expected, rtol=0, atol=0)
+
+
+def test_cache_entries_of_vanished_folders_are_removed(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("LORAKIT_HOME", str(tmp_path / "home"))
+    gone = write_tiny_llama(tmp_path / "gone")
+    load_model(str(gone), quantize="bf16")
+    (stale,) = (tmp_path / "home" / "quantized").iterdir()
+    shutil.rmtree(gone)
+    load_model(str(write_tiny_llama(tmp_path / "kept")), quantize="bf16")
+    (entry,) = (tmp_path / "home" / "quantized").iterdir()
+    assert entry != stale and json.loads((entry / cache.MARKER).read_text())["source"].endswith("kept")
+
+
+def test_a_quantized_run_is_reloaded_on_the_same_quantized_base(tiny_run, capsys, monkeypatch) -> None:
+    """What ``lorakit train --quantize`` prints after training: the saved adapter on a fresh base quantized
+    the same way (read from the disk cache) gives the trained model's logits exactly, and is not merged."""
+    from lorakit.samples import reload_and_merge
+
+    root, out = tiny_run
+    monkeypatch.setenv("LORAKIT_HOME", str(root / "home"))
+    trained, tokenizer = load_model(str(root / "tiny-llama"), quantize="int4")
+    lorakit.load_adapter(trained, out / "adapter")
+    reloaded = reload_and_merge(trained, tokenizer, str(root / "tiny-llama"), out / "adapter", "default",
+                                "name : Alimentum | area : riverside\n")
+    assert "(int4): max |logit diff| vs the trained model 0.00e+00; not merged" in capsys.readouterr().out
+    assert quant_mode(reloaded) == "int4" and len(list(lorakit.lora_layers(reloaded))) > 0

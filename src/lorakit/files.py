@@ -3,20 +3,23 @@ into place.
 
 The one implementation of "build aside, then rename" for the package: ``atomic_file`` / ``atomic_write`` for
 one file, ``atomic_folder`` for a folder (adapters, converted models, the tokenized-data cache, training
-results), ``recover_folder`` for what a killed ``atomic_folder`` left behind. Checkpoints keep their own
+results), ``recover_folder`` for what a killed ``atomic_folder`` left behind, ``build_stamped_folder`` for a
+cache folder marked with what it was built from. Checkpoints keep their own
 staging because every process of a ``torchrun`` writes into one (see ``train.checkpoint``).
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def folder_bytes(folder: str | os.PathLike) -> int:
@@ -168,3 +171,28 @@ def recover_folder(dest: str | os.PathLike) -> list[Path]:
         for leftover in removed:
             shutil.rmtree(leftover, ignore_errors=True)
     return removed
+
+
+def stamped_folder_is_complete(folder: str | os.PathLike, stamp: dict[str, Any], marker: str) -> bool:
+    """True only for a folder ``build_stamped_folder`` finished with this very ``stamp`` in ``marker``."""
+    try:
+        return json.loads((Path(folder) / marker).read_text("utf-8")) == stamp
+    except (OSError, ValueError):
+        return False
+
+
+def build_stamped_folder(dest: str | os.PathLike, write: Callable[[Path], None], stamp: dict[str, Any],
+                         marker: str) -> None:
+    """Run ``write`` into a staging folder, write ``stamp`` (what it was built from) as ``marker``, then put it
+    in place of ``dest`` (``atomic_folder``).
+
+    Why: a cache build killed half-way must never leave a folder that later loads. Readers only ever see no
+    folder, an old one or a finished one (with ``marker``). Processes building at once take turns
+    (``folder_lock``): the second finds the first one's result and keeps it.
+    """
+    with folder_lock(dest):
+        if stamped_folder_is_complete(dest, stamp, marker):  # another process finished while this one waited
+            return
+        with atomic_folder(dest) as staging:  # a partial, outdated or foreign folder is replaced
+            write(staging)
+            (staging / marker).write_text(json.dumps(stamp), "utf-8")

@@ -16,6 +16,7 @@ from .adapters import load_adapter
 from .decode import generate, preset
 from .lora import merge_adapters
 from .models import load_model
+from .quant import quant_mode
 
 
 def _logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -26,8 +27,10 @@ def _logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def reload_and_merge(trained: nn.Module, tokenizer, model_name: str, adapter_dir: Path, adapter_name: str,
                      probe: str) -> nn.Module:
     """A fresh ``model_name`` with the adapter read from ``adapter_dir``, merged; prints how far its logits
-    are from the trained model's on ``probe`` (before and after the merge)."""
-    base, _ = load_model(model_name)
+    are from the trained model's on ``probe`` (before and after the merge). A model trained on a quantized
+    base is reloaded on the same quantized base (from the disk cache), where the adapter stays unmerged."""
+    mode = quant_mode(trained) or "none"
+    base, _ = load_model(model_name, quantize=mode)
     device = next(trained.parameters()).device
     base.to(device).eval()
     load_adapter(base, adapter_dir, name=adapter_name)
@@ -36,10 +39,15 @@ def reload_and_merge(trained: nn.Module, tokenizer, model_name: str, adapter_dir
     reference = _logits(trained.eval(), batch)
     trained.train(was_training)
     reloaded = (_logits(base, batch) - reference).abs().max().item()
+    where = f"a fresh {model_name}" + (f" ({mode})" if mode != "none" else "")
+    if mode != "none":
+        print(f"reloaded {adapter_dir} into {where}: max |logit diff| vs the trained model {reloaded:.2e}; "
+              "not merged (a quantized base cannot take a merge; the adapter stays apart, same outputs)")
+        return base
     merge_adapters(base)
     merged = (_logits(base, batch) - reference).abs().max().item()
-    print(f"reloaded {adapter_dir} into a fresh {model_name}: max |logit diff| vs the trained model "
-          f"{reloaded:.2e}; merged into the weights: {merged:.2e}")
+    print(f"reloaded {adapter_dir} into {where}: max |logit diff| vs the trained model {reloaded:.2e}; merged "
+          f"into the weights: {merged:.2e}")
     return base
 
 

@@ -60,6 +60,25 @@ def linearize_e2e(mr: str, *, rename_keys: bool = True) -> str:
     return " | ".join(f"{E2E_KEY_NAMES.get(k, k) if rename_keys else k} : {v}" for k, v in pairs)
 
 
+def mr_of(source: str) -> str:
+    """The MR (``name[X], eatType[pub]``) behind a model input in either form: an MR as it is, or
+    ``linearize_e2e``'s ``name : X | Type : pub`` turned back; ValueError if it is neither."""
+    try:
+        parse_mr(source)
+        return source
+    except ValueError:
+        pass
+    original = {renamed: key for key, renamed in E2E_KEY_NAMES.items()}
+    slots = []
+    for part in source.split(" | "):
+        key, sep, value = (s.strip() for s in part.partition(" : "))
+        if not (sep and key) or any(c in key + value for c in "[],"):
+            raise ValueError("not an E2E MR (name[X], eatType[pub]) nor its linearized form "
+                             f"(name : X | Type : pub): {source!r}")
+        slots.append(f"{original.get(key, key)}[{value}]")
+    return ", ".join(slots)
+
+
 def read_e2e_csv(path: str | os.PathLike[str], *, require_refs: bool = True) -> list[tuple[str, list[str]]]:
     """``[(mr, [refs...]), ...]`` grouped by MR in order of first appearance.
 

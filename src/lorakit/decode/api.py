@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from .config import DecodeConfig
 from .runner import CausalLM
-from .search import beam_search, stream_decode
+from .search import beam_hypotheses, stream_decode
 
 
 def eos_ids(model: nn.Module | None = None, tokenizer=None) -> list[int]:
@@ -58,7 +58,27 @@ def generate_ids(model: nn.Module, prompts: Sequence[Sequence[int]], config: Dec
     a step costs about the same for few rows as for many). ``eos_token_id`` defaults to the model's
     ``generation_config``; ``pad_token_id`` only fills masked positions.
     """
-    config = config or DecodeConfig()
+    return [hypotheses[0] for hypotheses in _decode(model, prompts, config or DecodeConfig(), eos_token_id,
+                                                    pad_token_id, batch_size, progress, refill_at)]
+
+
+def generate_hypotheses(model: nn.Module, tokenizer, prompts: Sequence[str], config: DecodeConfig, *,
+                        batch_size: int = 16, progress: bool = True) -> list[list[str]]:
+    """Beam search's finished hypotheses for each prompt (up to ``num_beams``, best first) as texts, in input
+    order: the n-best lists a reranker chooses from. Prompts are tokenized as in ``generate``."""
+    if config.strategy != "beam":
+        raise ValueError(f"n-best lists come from beam search, not {config.strategy} decoding")
+    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    found = _decode(model, encoded, config, eos_ids(model, tokenizer), tokenizer.pad_token_id, batch_size,
+                    progress, None)
+    return [[tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens in hypotheses]
+            for hypotheses in found]
+
+
+def _decode(model: nn.Module, prompts: Sequence[Sequence[int]], config: DecodeConfig,
+            eos_token_id: int | Sequence[int] | None, pad_token_id: int | None, batch_size: int, progress: bool,
+            refill_at: int | None) -> list[list[list[int]]]:
+    """Each prompt's outputs, best first: beam search's finished hypotheses, or greedy's / sampling's one."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if eos_token_id is None:
@@ -67,7 +87,7 @@ def generate_ids(model: nn.Module, prompts: Sequence[Sequence[int]], config: Dec
         eos = [int(t) for t in ([eos_token_id] if isinstance(eos_token_id, int) else eos_token_id)]
     pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
     prompts = [list(p) for p in prompts]
-    outputs: list[list[int]] = [[] for _ in prompts]
+    outputs: list[list[list[int]]] = [[] for _ in prompts]
     lm = CausalLM(model)
     bar = _progress_bar(len(prompts), progress)
     try:
@@ -75,16 +95,16 @@ def generate_ids(model: nn.Module, prompts: Sequence[Sequence[int]], config: Dec
             batches = length_batches([len(p) for p in prompts], batch_size)
             if config.strategy == "beam":
                 for batch in batches:
-                    results = beam_search(lm, [prompts[i] for i in batch], config, eos, pad)
-                    for i, tokens in zip(batch, results, strict=True):
-                        outputs[i] = tokens
+                    results = beam_hypotheses(lm, [prompts[i] for i in batch], config, eos, pad)
+                    for i, hypotheses in zip(batch, results, strict=True):
+                        outputs[i] = hypotheses
                     if bar is not None:
                         bar.update(len(batch))
             else:
                 order = [i for batch in batches for i in batch]
-                outputs = stream_decode(lm, prompts, order, config, eos, pad, slots=batch_size,
-                                        on_done=(lambda i, tokens: bar.update(1)) if bar is not None else None,
-                                        refill_at=refill_at)
+                outputs = [[tokens] for tokens in stream_decode(
+                    lm, prompts, order, config, eos, pad, slots=batch_size,
+                    on_done=(lambda i, tokens: bar.update(1)) if bar is not None else None, refill_at=refill_at)]
     finally:
         if bar is not None:
             bar.close()

@@ -17,6 +17,7 @@ from ..data.common import read_lines
 from ..files import atomic_write
 from ..quant import add_quantize_flag
 from .config import PRESETS, STRATEGIES, DecodeConfig, preset
+from .rerank import RERANKERS, rerank_by_slots
 
 if TYPE_CHECKING:
     from ..data.user import UserData
@@ -75,6 +76,9 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int)
     p.add_argument("--top-p", type=float)
     p.add_argument("--seed", type=int)
+    p.add_argument("--rerank", choices=RERANKERS,
+                   help="slots (E2E): of each input's beam hypotheses keep the most likely one with the fewest "
+                        "slot errors against its MR (semantic reranking, as the E2E challenge systems did)")
     p.add_argument("--batch-size", type=int, default=16, help="inputs per batch (beam search: x num_beams rows)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
@@ -152,8 +156,9 @@ def user_prompts(data: UserData, model, tokenizer, chat_template: str | None) ->
     return prompts
 
 
-def read_prompts(args: argparse.Namespace) -> list[str]:
-    """The prompts to decode: a split's sources or the input file's lines, in the task's prompt format."""
+def read_sources(args: argparse.Namespace) -> list[str]:
+    """The inputs to decode before prompt formatting (E2E: the MRs): a split's sources or the input file's
+    lines, the first ``--limit``."""
     from ..tasks import get_task
 
     if args.split is not None and args.task is None:
@@ -167,9 +172,43 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
         sources = read_lines(args.input)  # "\n" ends a line, not a form feed or U+2028 inside one
         if sources and not any(s.strip() for s in sources):
             raise ValueError(f"{args.input}: no non-empty lines")
-    if args.limit is not None:
-        sources = sources[:args.limit]
-    return list(sources) if args.raw else [task.prompt(s) for s in sources]
+    return list(sources[:args.limit] if args.limit is not None else sources)
+
+
+def read_prompts(args: argparse.Namespace, sources: list[str]) -> list[str]:
+    """The sources in the task's prompt format (``--raw``: as they are)."""
+    from ..tasks import get_task
+
+    return sources if args.raw else [get_task(args.task or "e2e").prompt(s) for s in sources]
+
+
+def rerank_mrs(args: argparse.Namespace, sources: list[str]) -> list[str]:
+    """With ``--rerank slots``: the MR behind each input (a split's linearized sources, or an --input file's
+    MRs in either form), checked before any model loads; else nothing."""
+    from ..data.e2e import mr_of
+
+    if args.rerank is None:
+        return []
+    mrs = []
+    for line, source in enumerate(sources, 1):
+        try:
+            mrs.append(mr_of(source))
+        except ValueError as err:
+            where = f"{args.input}, line {line}" if args.input else f"{args.task} {args.split}, input {line}"
+            raise ValueError(f"{where}: {err}") from None
+    return mrs
+
+
+def check_rerank(args: argparse.Namespace, config: DecodeConfig) -> None:
+    """``--rerank slots`` needs E2E MRs and beam search's n-best lists; refused before any model loads."""
+    if args.rerank is None:
+        return
+    if (args.task or "e2e") != "e2e" or (args.data is not None and args.split is None) or args.raw:
+        raise ValueError("--rerank slots checks outputs against E2E MRs: use it with --task e2e and --split or "
+                         "an --input file of MRs (not --data or --raw)")
+    if config.strategy != "beam" or config.num_beams < 2:
+        raise ValueError(f"--rerank picks among beam search's hypotheses: use --num-beams 2 or more (or "
+                         f"--preset e2e), not {config.summary()}")
 
 
 def load_for_generation(model_name: str, adapters: list[str], merge: bool, device: str | None,
@@ -221,11 +260,14 @@ def _adapters_chat_template(adapters: list[str]) -> str | None:
 
 def run_generate(args: argparse.Namespace) -> int:
     from ..data.chat import load_chat_template
-    from .api import generate
+    from .api import generate, generate_hypotheses
 
     config = decode_config(args)
+    check_rerank(args, config)
     data = read_user_data(args)
-    prompts = read_prompts(args) if data is None else []
+    sources = read_sources(args) if data is None else []
+    prompts = read_prompts(args, sources)
+    mrs = rerank_mrs(args, sources)
     template = load_chat_template(args.chat_template)  # a missing file fails before the model loads
     if template is None and data is not None and data.format == "messages":
         template = _adapters_chat_template(args.adapter or [])
@@ -237,7 +279,13 @@ def run_generate(args: argparse.Namespace) -> int:
               f"{' (detected)' if data.detected else ''}", file=sys.stderr)
     print(f"decoding {len(prompts)} inputs: {config.summary()}", file=sys.stderr)
     start = time.perf_counter()
-    texts = generate(model, tokenizer, prompts, config, batch_size=args.batch_size, progress=args.progress)
+    if args.rerank is None:
+        texts = generate(model, tokenizer, prompts, config, batch_size=args.batch_size, progress=args.progress)
+    else:
+        hypotheses = generate_hypotheses(model, tokenizer, prompts, config, batch_size=args.batch_size,
+                                         progress=args.progress)
+        texts, summary = rerank_by_slots(mrs, hypotheses)
+        print(summary, file=sys.stderr)
     seconds = time.perf_counter() - start
     _write_lines(Path(args.output), [" ".join(t.split()) for t in texts])  # one line per prediction
     print(f"wrote {len(texts)} predictions to {args.output} in {seconds:.1f} s", file=sys.stderr)

@@ -85,8 +85,15 @@ def _gather(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def beam_search(lm: CausalLM, prompts: Sequence[Sequence[int]], config: DecodeConfig, eos: Sequence[int],
                 pad_id: int) -> list[list[int]]:
-    """Beam search with HF's scoring, stopping rules and tie order (its vectorised ``_beam_search``): the best
-    finished hypothesis of each prompt, EOS not included.
+    """Beam search: the best finished hypothesis of each prompt, EOS not included (see ``beam_hypotheses``)."""
+    return [hypotheses[0] for hypotheses in beam_hypotheses(lm, prompts, config, eos, pad_id)]
+
+
+def beam_hypotheses(lm: CausalLM, prompts: Sequence[Sequence[int]], config: DecodeConfig, eos: Sequence[int],
+                    pad_id: int) -> list[list[list[int]]]:
+    """Beam search with HF's scoring, stopping rules and tie order (its vectorised ``_beam_search``): each
+    prompt's finished hypotheses (up to ``num_beams``), best first, EOS not included; what HF returns with
+    ``num_return_sequences=num_beams``. A reranker (``lorakit.decode.rerank``) can pick among them.
 
     Differences that do not change results: the prompt is run once and its cache copied to the beams (HF
     runs it ``num_beams`` times); moving beams copies only the generated part of the cache; an input leaves
@@ -117,7 +124,7 @@ def beam_search(lm: CausalLM, prompts: Sequence[Sequence[int]], config: DecodeCo
     finished_lengths = torch.zeros((batch, beams), dtype=torch.long, device=device)
     is_finished = torch.zeros((batch, beams), dtype=torch.bool, device=device)
     improvable = torch.ones((batch,), dtype=torch.bool, device=device)
-    results: list[list[int]] = [[] for _ in prompts]
+    results: list[list[list[int]]] = [[] for _ in prompts]
 
     for t in range(horizon):  # t tokens generated so far
         live = len(items)
@@ -164,7 +171,7 @@ def beam_search(lm: CausalLM, prompts: Sequence[Sequence[int]], config: DecodeCo
 
         done_items = done.nonzero()[:, 0].tolist()
         for i in done_items:
-            results[items[i]] = _best(finished, finished_lengths, i, stops)
+            results[items[i]] = _ranked(finished, finished_lengths, is_finished, i, stops)
         if len(done_items) == live:
             return results
         origin = chosen_source + torch.arange(live, device=device)[:, None] * beams  # flat row each beam continues
@@ -194,13 +201,21 @@ def beam_search(lm: CausalLM, prompts: Sequence[Sequence[int]], config: DecodeCo
         logits = lm.step(next_tokens, cache, mask, positions)
 
     for i in range(len(items)):
-        results[items[i]] = _best(finished, finished_lengths, i, stops)
+        results[items[i]] = _ranked(finished, finished_lengths, is_finished, i, stops)
     return results
 
 
-def _best(finished: torch.Tensor, lengths: torch.Tensor, item: int, stops: set[int]) -> list[int]:
-    """The top finished hypothesis of live input ``item``, without its final EOS."""
-    tokens = finished[item, 0, :lengths[item, 0]].tolist()
-    if tokens and tokens[-1] in stops:
-        tokens.pop()
-    return tokens
+def _ranked(finished: torch.Tensor, lengths: torch.Tensor, is_finished: torch.Tensor, item: int,
+            stops: set[int]) -> list[list[int]]:
+    """The finished hypotheses of live input ``item``, best first (they are kept sorted), each without its
+    final EOS; at least the top slot, which a settled input always has filled."""
+    hypotheses = []
+    for j, (row, length, done) in enumerate(zip(finished[item].tolist(), lengths[item].tolist(),
+                                                is_finished[item].tolist(), strict=True)):
+        if j and not done:
+            break
+        tokens = row[:length]
+        if tokens and tokens[-1] in stops:
+            tokens.pop()
+        hypotheses.append(tokens)
+    return hypotheses

@@ -13,7 +13,6 @@ and, in ``load``, ``lorakit.quant`` (quantizing on load; it imports nothing from
 from __future__ import annotations
 
 from .convert import CACHE_MARKER, convert_smollm2, smollm2_cache_dir
-from .convert import _write_atomically as _write_atomically  # re-exported for tests/test_models.py
 from .load import ResolvedModel, load_model, load_tokenizer, resolve_model
 from .registry import (
     MODEL_KINDS,

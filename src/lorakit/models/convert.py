@@ -2,25 +2,23 @@
 
 Why: SmolLM2 ships quantized (GGUF, Q4_1). transformers dequantizes it on every load (~15-30 s on CPU), so it
 is converted once into ``$LORAKIT_HOME/models/smollm2-135m`` (safetensors, ~1-2 s to load afterwards). A
-conversion killed half-way must never leave a folder that later loads as a model, hence the staging folder
-and rename (``files.atomic_folder``) and the completion marker.
+conversion killed half-way must never leave a folder that later loads as a model, hence the staging folder,
+rename and completion marker (``files.build_stamped_folder``).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ..files import atomic_folder, folder_lock
+from ..files import build_stamped_folder, stamped_folder_is_complete
 from .compat import dtype_kwargs
 from .registry import (
     SMOLLM2_GGUF,
@@ -49,14 +47,6 @@ def _source_stamp(gguf: Path) -> dict[str, Any]:
     return {"format": _CACHE_FORMAT, "source": gguf.name, "source_bytes": gguf.stat().st_size}
 
 
-def _cache_is_complete(folder: Path, stamp: dict[str, Any]) -> bool:
-    """True only for a folder finished by ``_write_atomically`` from the same source."""
-    try:
-        return json.loads((folder / CACHE_MARKER).read_text("utf-8")) == stamp
-    except (OSError, ValueError):
-        return False
-
-
 def _require_modules(modules: tuple[str, ...], install: str) -> None:
     """Check, without importing, for the optional ``lorakit[models]`` extras that transformers' GGUF reader
     imports on its own (``gguf``, ``accelerate``): a missing one fails here with the install line instead of
@@ -73,21 +63,6 @@ def _remove_stale_tmp(dest: Path) -> None:
     for tmp in dest.parent.glob(f".{dest.name}.tmp-*"):
         if time.time() - tmp.stat().st_mtime > _STALE_TMP_S:
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _write_atomically(dest: Path, write: Callable[[Path], None], stamp: dict[str, Any]) -> None:
-    """Run ``write`` into a staging folder, mark it complete, then rename it into place (``atomic_folder``).
-
-    Why: a conversion killed half-way must never leave a folder that later loads as a model. Readers only
-    ever see no folder, an old folder or a finished one (with ``CACHE_MARKER``). Processes converting at
-    once take turns (``folder_lock``): the second finds the first one's result and keeps it.
-    """
-    with folder_lock(dest):
-        if _cache_is_complete(dest, stamp):  # another process finished while this one waited
-            return
-        with atomic_folder(dest) as staging:  # a partial, outdated or foreign folder is replaced
-            write(staging)
-            (staging / CACHE_MARKER).write_text(json.dumps(stamp), "utf-8")
 
 
 def _dequantize_gguf(gguf: Path, out: Path) -> None:
@@ -107,11 +82,11 @@ def convert_smollm2(*, force: bool = False) -> Path:
     """Return the converted SmolLM2 folder, converting the packaged GGUF first if needed (~15-30 s, once)."""
     gguf = package_file(SMOLLM2_PACKAGE, SMOLLM2_GGUF, SMOLLM2_INSTALL)
     dest, stamp = smollm2_cache_dir(), _source_stamp(gguf)
-    if not force and _cache_is_complete(dest, stamp):
+    if not force and stamped_folder_is_complete(dest, stamp, CACHE_MARKER):
         return dest
     _require_modules(("gguf", "accelerate"), SMOLLM2_INSTALL)
     if dest.parent.is_dir():
         _remove_stale_tmp(dest)
     print(f"converting SmolLM2 GGUF once into {dest} (about 30 s)", file=sys.stderr)
-    _write_atomically(dest, lambda tmp: _dequantize_gguf(gguf, tmp), stamp)
+    build_stamped_folder(dest, lambda tmp: _dequantize_gguf(gguf, tmp), stamp, CACHE_MARKER)
     return dest

@@ -26,6 +26,7 @@ from transformers import (
 )
 
 from ..quant import QUANT_MODES, QuantMode, quantize_model
+from ..quant.cache import quantize_cached
 from .compat import dtype_kwargs
 from .convert import convert_smollm2
 from .registry import (
@@ -193,6 +194,7 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     padding_side: Literal["left", "right"] = "right",
     quantize: QuantMode = "none",
+    quant_cache: bool = True,
     **kw: Any,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load ``(model, tokenizer)`` for a short name (see ``MODELS``), a local folder or a hub id, offline.
@@ -203,7 +205,8 @@ def load_model(
     classification and ``generate`` work for GPT-2-style models. Raises ``ModelNotFoundError`` when the
     model is not available offline (and downloads are not allowed). ``quantize`` stores the frozen linear
     layers in int8, int4, nf4 or bf16 (``auto``: none or bf16, whichever a cached probe measured faster
-    here); see ``lorakit.quant`` and docs/quantization.md.
+    here); see ``lorakit.quant`` and docs/quantization.md. A local model is quantized once and its quantized
+    layers read from a disk cache afterwards (``lorakit.quant.cache``) unless ``quant_cache`` is off.
     """
     _check_kind(name_or_path, kind)
     if quantize not in QUANT_MODES:  # before loading, which can take a while
@@ -216,7 +219,10 @@ def load_model(
     tokenizer_kw = {k: kw[k] for k in _HUB_KEYS if k in kw}
     tokenizer = load_tokenizer(resolved, padding_side=padding_side, **tokenizer_kw)
     _sync_pad_token(model, tokenizer)
-    quantize_model(model, quantize)
+    if quant_cache and resolved.is_local:
+        quantize_cached(model, quantize, resolved.location)
+    else:
+        quantize_model(model, quantize)
     return model, tokenizer
 
 

@@ -3,9 +3,11 @@
 ``quantize_model(model, mode)`` replaces a model's frozen Linear/Conv1D layers in place (``load_model(...,
 quantize=...)`` does it on load); LoRA adapters then go on top as usual and stay in full precision.
 Layering: ``formats`` (storage and kernels) -> ``layers`` (the modules, autograd) and ``probe`` (``auto``)
--> ``model``. See docs/quantization.md for the modes, the measurements behind them and the limits.
+-> ``model`` -> ``cache`` (a local model's quantized layers kept on disk). See docs/quantization.md for the
+modes, the measurements behind them and the limits.
 """
 
+from .cache import quantize_cached
 from .formats import FORMATS, BF16Weight, Int4Weight, Int8Weight, NF4Weight, QuantWeight, int8_kernel_available
 from .layers import QuantConv1D, QuantizedLayer, QuantLinear, quantized
 from .model import (
@@ -42,6 +44,7 @@ __all__ = [
     "measure_modes",
     "probe_key",
     "quant_mode",
+    "quantize_cached",
     "quantize_model",
     "quantized",
     "quantized_layers",

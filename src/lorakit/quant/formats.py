@@ -52,6 +52,34 @@ class QuantWeight(nn.Module):
     def dequantize(self) -> torch.Tensor:
         raise NotImplementedError
 
+    def stored(self) -> dict[str, torch.Tensor]:
+        """What ``from_stored`` rebuilds this weight from (the on-disk cache writes it with safetensors)."""
+        return {name: b for name, b in self._buffers.items() if name not in self._non_persistent_buffers_set}
+
+    @classmethod
+    def from_stored(cls, shape: tuple[int, int], dtype: torch.dtype, tensors: dict[str, torch.Tensor]) -> QuantWeight:
+        """The weight ``stored()`` gave, without quantizing again; ValueError if the tensors do not fit."""
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self.out_features, self.in_features = shape
+        self.dtype = dtype
+        expected = cls.stored_layout(shape)
+        got = {name: (tuple(t.shape), t.dtype) for name, t in tensors.items()}
+        if got != expected:
+            raise ValueError(f"stored {cls.mode} tensors {got} do not fit a {shape[0]}x{shape[1]} weight: "
+                             f"expected {expected}")
+        self._restore(tensors)
+        return self
+
+    @classmethod
+    def stored_layout(cls, shape: tuple[int, int]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Each stored tensor's shape and dtype for an (out x in) weight."""
+        raise NotImplementedError
+
+    def _restore(self, tensors: dict[str, torch.Tensor]) -> None:
+        for name, tensor in tensors.items():
+            self.register_buffer(name, tensor)
+
     @property
     def nbytes(self) -> int:
         return sum(b.numel() * b.element_size() for b in self.buffers())
@@ -102,9 +130,30 @@ class Int8Weight(QuantWeight):
         with warnings.catch_warnings():  # quantized tensors are deprecated as a user API; the kernel is not
             warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
             q = torch.quantize_per_channel(w, scale, torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
+        self._pack(q)
+
+    def _pack(self, q: torch.Tensor) -> None:
         self.packed = torch.ops.quantized.linear_prepack(q, None)  # no bias: a trainable bias stays outside
         self.reduce_range = _int8_reduce_range()
-        self._bytes = q.numel() + 8 * scale.numel()  # what the packed weight holds (int8 values, scales)
+        self._bytes = q.numel() + 8 * q.size(0)  # what the packed weight holds (int8 values, scales)
+
+    def stored(self) -> dict[str, torch.Tensor]:
+        q = torch.ops.quantized.linear_unpack(self.packed)[0]
+        return {"int8": q.int_repr(), "scale": q.q_per_channel_scales()}
+
+    @classmethod
+    def stored_layout(cls, shape: tuple[int, int]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        return {"int8": (shape, torch.int8), "scale": ((shape[0],), torch.float64)}
+
+    def _restore(self, tensors: dict[str, torch.Tensor]) -> None:
+        if not int8_kernel_available():
+            raise RuntimeError("this PyTorch build has no x86/fbgemm quantized engine: use bf16 or nf4")
+        scale = tensors["scale"]
+        with warnings.catch_warnings():  # as in __init__
+            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+            q = torch._make_per_channel_quantized_tensor(tensors["int8"], scale,
+                                                         torch.zeros_like(scale, dtype=torch.long), 0)
+        self._pack(q)
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":
@@ -125,9 +174,8 @@ class Int8Weight(QuantWeight):
 
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
         """The packed weight is not a tensor: a state dict gets its int8 values and scales instead of nothing."""
-        q = torch.ops.quantized.linear_unpack(self.packed)[0]
-        destination[prefix + "int8"] = q.int_repr()
-        destination[prefix + "scale"] = q.q_per_channel_scales().float()
+        for name, tensor in self.stored().items():
+            destination[prefix + name] = tensor
 
     def _apply(self, fn, recurse: bool = True):
         device = fn(torch.empty(0)).device
@@ -156,10 +204,19 @@ class Block4Weight(QuantWeight):
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # a constant block: any scale is exact
         offset = offset.to(torch.float16).float()
         codes = torch.bucketize((blocks - offset[:, None]) / scale[:, None], (levels[1:] + levels[:-1]) / 2)
-        self.register_buffer("codes", (codes[:, 0::2] << 4 | codes[:, 1::2]).to(torch.uint8))
-        self.register_buffer("scale", scale.to(torch.float16))
-        self.register_buffer("offset", offset.to(torch.float16))
+        self._restore({"codes": (codes[:, 0::2] << 4 | codes[:, 1::2]).to(torch.uint8),
+                       "scale": scale.to(torch.float16), "offset": offset.to(torch.float16)})
+
+    @classmethod
+    def stored_layout(cls, shape: tuple[int, int]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        blocks = -(-shape[0] * shape[1] // cls.block)
+        return {"codes": ((blocks, cls.block // 2), torch.uint8), "scale": ((blocks,), torch.float16),
+                "offset": ((blocks,), torch.float16)}
+
+    def _restore(self, tensors: dict[str, torch.Tensor]) -> None:
+        super()._restore(tensors)
         # the two levels a byte stands for, so that one lookup decodes two weights
+        levels = torch.tensor(self.levels, device=self.codes.device)
         pairs = torch.stack([levels.repeat_interleave(16), levels.repeat(16)], dim=-1)
         self.register_buffer("pairs", pairs, persistent=False)
 
@@ -215,6 +272,10 @@ class BF16Weight(QuantWeight):
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__(weight)
         self.register_buffer("values", weight.detach().to(torch.bfloat16).contiguous())
+
+    @classmethod
+    def stored_layout(cls, shape: tuple[int, int]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        return {"values": (shape, torch.bfloat16)}
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x.to(torch.bfloat16), self.values).to(x.dtype)

@@ -40,11 +40,18 @@ class QuantizedLayer(nn.Module):
     qweight: QuantWeight
     bias: nn.Parameter | None
 
-    def _setup(self, weight: torch.Tensor, bias: nn.Parameter | None, mode: str) -> None:
-        """``weight`` is (out x in); ``bias`` is kept as it is (the same parameter object)."""
+    def _setup(self, weight: torch.Tensor, bias: nn.Parameter | None, mode: str,
+               stored: QuantWeight | None) -> None:
+        """``weight`` is (out x in), quantized unless ``stored`` already holds it (from the disk cache: then
+        ``weight`` is only looked at for its shape); ``bias`` is kept as it is (the same parameter object)."""
         if mode not in FORMATS:
             raise ValueError(f"quantization mode must be one of {', '.join(FORMATS)}, got {mode!r}")
-        self.qweight = FORMATS[mode](weight)
+        if stored is None:
+            stored = FORMATS[mode](weight)
+        elif stored.mode != mode or (stored.out_features, stored.in_features) != tuple(weight.shape):
+            raise ValueError(f"a stored {stored.mode} {stored.out_features}x{stored.in_features} weight cannot "
+                             f"stand for a {mode} {tuple(weight.shape)} one")
+        self.qweight = stored
         self.bias = bias
 
     @property
@@ -78,10 +85,10 @@ class QuantizedLayer(nn.Module):
 class QuantLinear(QuantizedLayer, nn.Linear):
     """``nn.Linear`` with a frozen quantized weight."""
 
-    def __init__(self, base: nn.Linear, mode: str) -> None:
+    def __init__(self, base: nn.Linear, mode: str, stored: QuantWeight | None = None) -> None:
         nn.Module.__init__(self)  # not nn.Linear's: it would allocate a full-precision weight
         self.in_features, self.out_features = base.in_features, base.out_features
-        self._setup(base.weight, base.bias, mode)
+        self._setup(base.weight, base.bias, mode, stored)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -92,10 +99,10 @@ class QuantLinear(QuantizedLayer, nn.Linear):
 class QuantConv1D(QuantizedLayer, Conv1D):
     """GPT-2's ``Conv1D`` (weight stored in x out) with a frozen quantized weight."""
 
-    def __init__(self, base: Conv1D, mode: str) -> None:
+    def __init__(self, base: Conv1D, mode: str, stored: QuantWeight | None = None) -> None:
         nn.Module.__init__(self)
         self.nx, self.nf = base.weight.shape
-        self._setup(base.weight.T, base.bias, mode)
+        self._setup(base.weight.T, base.bias, mode, stored)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -103,12 +110,12 @@ class QuantConv1D(QuantizedLayer, Conv1D):
         return self.dequantize().T
 
 
-def quantized(module: nn.Module, mode: str) -> QuantizedLayer:
-    """The quantized counterpart of a Linear or Conv1D."""
+def quantized(module: nn.Module, mode: str, stored: QuantWeight | None = None) -> QuantizedLayer:
+    """The quantized counterpart of a Linear or Conv1D (holding ``stored`` if given, else quantizing)."""
     if isinstance(module, QuantizedLayer):
         raise ValueError(f"already quantized ({module.quant_mode})")
     if isinstance(module, nn.Linear):
-        return QuantLinear(module, mode)
+        return QuantLinear(module, mode, stored)
     if isinstance(module, Conv1D):
-        return QuantConv1D(module, mode)
+        return QuantConv1D(module, mode, stored)
     raise TypeError(f"only nn.Linear and transformers Conv1D are quantized, not {type(module).__name__}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -21,6 +21,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ..lora.layers import LoraLayer, ModulesToSave
+from .formats import QuantWeight
 from .layers import QuantizedLayer, quantized
 from .probe import choose_mode
 
@@ -42,33 +43,34 @@ class QuantSummary:
     layers: list[str] = field(default_factory=list)
     bytes_before: int = 0
     bytes_after: int = 0
+    from_cache: bool = False  # the quantized weights were read from the disk cache (``lorakit.quant.cache``)
 
     def __str__(self) -> str:
         if self.mode == "none":
             return f"not quantized ({'auto: none measured faster' if self.requested == 'auto' else 'none'})"
         how = f"{self.mode} (auto)" if self.requested == "auto" else self.mode
-        return (f"quantized {len(self.layers)} linear layers to {how}: their weights "
-                f"{self.bytes_before / 2**20:.1f} MiB -> {self.bytes_after / 2**20:.1f} MiB")
+        return (f"quantized {len(self.layers)} linear layers to {how}{' (from the cache)' if self.from_cache else ''}: "
+                f"their weights {self.bytes_before / 2**20:.1f} MiB -> {self.bytes_after / 2**20:.1f} MiB")
 
 
 def quantize_model(model: nn.Module, mode: QuantMode = "int8", *, head: bool | None = None,
-                   skip: tuple[str, ...] = HEADS) -> QuantSummary:
+                   skip: tuple[str, ...] = HEADS, stored: Mapping[str, QuantWeight] | None = None) -> QuantSummary:
     """Replace the frozen linear layers of ``model`` by quantized ones (``none``: leave it; ``auto``: the mode
     a short probe measured fastest here, cached). ``head``: also the LM head (``get_output_embeddings``;
     default: for int8 and bf16, see ``HEAD_MODES``); ``skip``: top-level children left alone. Layers already
-    quantized are left as they are."""
+    quantized are left as they are. ``stored``: each layer's weight already quantized (by path, as the disk
+    cache in ``lorakit.quant.cache`` keeps them), used instead of quantizing; every layer must have one."""
     if mode not in QUANT_MODES:
         raise ValueError(f"quantize must be one of {', '.join(QUANT_MODES)}, got {mode!r}")
     resolved = choose_mode() if mode == "auto" else mode
     summary = QuantSummary(resolved, mode)
     if resolved == "none":
         return summary
-    head = resolved in HEAD_MODES if head is None else head
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    for path, module, owner in list(_targets(model, skip)):
-        if module is output and not head:
-            continue
-        new = quantized(module, resolved)
+    targets = quant_plan(model, resolved, head=head, skip=skip)
+    if stored is not None and (missing := [path for path, _, _ in targets if path not in stored]):
+        raise ValueError(f"no stored weight for {len(missing)} layers, e.g. {missing[0]}")
+    for path, module, owner in targets:
+        new = quantized(module, resolved, stored[path] if stored is not None else None)
         parent_path, _, child = path.rpartition(".")
         setattr(owner if owner is not None else (model.get_submodule(parent_path) if parent_path else model),
                 child, new)
@@ -78,6 +80,15 @@ def quantize_model(model: nn.Module, mode: QuantMode = "int8", *, head: bool | N
     _own_tensors(model)
     _trim_heap()
     return summary
+
+
+def quant_plan(model: nn.Module, mode: str, *, head: bool | None = None,
+               skip: tuple[str, ...] = HEADS) -> list[tuple[str, nn.Module, nn.Module | None]]:
+    """The layers ``quantize_model`` replaces in ``mode`` (resolved, not ``auto``): (path, Linear or Conv1D,
+    the LoRA layer holding it or None). Looks at modules only, never at weight values."""
+    head = mode in HEAD_MODES if head is None else head
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return [(path, module, owner) for path, module, owner in _targets(model, skip) if head or module is not output]
 
 
 def _trim_heap() -> None:

@@ -116,7 +116,7 @@ def _setup_task(config: TrainConfig, model: nn.Module | None, tokenizer) -> Part
     task = get_task(config.task or "e2e")
     if model is None:
         model, tokenizer = load_model(config.model, task.model_kind, num_labels=task.num_labels,
-                                      quantize=config.quantize)
+                                      quantize=config.base_quantize)
     model = add_lora(config, model, task.modules_to_save(model))
     samples = subset(task.train_samples(tokenizer, config.data, config.max_length), config.max_train_examples,
                      config.seed)
@@ -167,7 +167,8 @@ def _setup_user_data(config: TrainConfig, model: nn.Module | None, tokenizer) ->
         raise ValueError("eval_every needs validation data: give eval_data FILE or eval_fraction (e.g. 0.05)")
     kind = prepared.model_kind
     if model is None:
-        model, tokenizer = load_model(config.model, kind, num_labels=prepared.num_labels, quantize=config.quantize)
+        model, tokenizer = load_model(config.model, kind, num_labels=prepared.num_labels,
+                                      quantize=config.base_quantize)
     files: dict[str, bytes] = {}
     head = None
     if prepared.labels is not None:

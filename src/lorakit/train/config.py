@@ -63,6 +63,7 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # the frozen base's linear layers stored quantized, LoRA in fp32 (QLoRA style; docs/quantization.md): int8
     # (fastest kernel, changes outputs most), int4/nf4 (least memory, slower), bf16; auto: none or bf16 as measured
+    # (and none for full_finetune, which trains the base)
     quantize: Literal["none", "int8", "int4", "nf4", "bf16", "auto"] = "none"
     seed: int = 0
     # evaluation on the validation split (a task's dev split, your eval file or fraction)
@@ -89,6 +90,11 @@ class TrainConfig:
     def user_data(self) -> bool:
         """Training on the user's own file (``data`` without a ``task``)."""
         return self.task is None
+
+    @property
+    def base_quantize(self) -> str:
+        """How to load the base: ``quantize``, except that ``auto`` means fp32 for a full fine-tune."""
+        return "none" if self.full_finetune and self.quantize == "auto" else self.quantize
 
     @property
     def name(self) -> str:
@@ -164,7 +170,7 @@ def _check_together(config: TrainConfig) -> None:
                                        f"{config.task!r}")
     if config.eval_data is not None and config.eval_fraction is not None:
         raise ConfigError("eval_fraction", "give eval_data or eval_fraction, not both")
-    if config.quantize != "none" and config.full_finetune:
+    if config.quantize not in ("none", "auto") and config.full_finetune:
         raise ConfigError("quantize", "a quantized base is frozen: it trains LoRA adapters, not full_finetune")
     if config.early_stopping_patience is not None and config.eval_every is None:
         raise ConfigError("early_stopping_patience", "needs eval_every (the evaluations it counts)")

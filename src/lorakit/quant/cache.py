@@ -1,0 +1,116 @@
+"""A quantized base cached on disk: quantize a local model once, then load the stored codes every later time.
+
+Why: quantizing reads every full-precision weight and rounds it, which costs time and memory on each load
+(SmolLM2-135M on 2 EPYC cores: seconds for int8, more for the 4-bit modes, and a load peak about twice the
+quantized model's size; docs/quantization.md has the numbers). With the cache, ``from_pretrained`` maps the
+fp32 file without reading the weights that get replaced, and the quantized layers come from one
+safetensors file of their codes and scales.
+
+An entry is ``$LORAKIT_HOME/quantized/<key>/``, keyed by the source folder's files (name, size, modification
+time), the mode and the layers to quantize with their shapes: a changed model or plan makes a new entry
+(and replaces the old one of that folder and mode; entries of folders that are gone are removed too).
+Only local folders are cached (short names such as ``smollm2-135m`` resolve to one); hub ids are
+quantized on every load. An entry is written aside and
+renamed into place (``files.build_stamped_folder``); one that cannot be read is rebuilt, and one that
+cannot be written (read-only or full disk) is skipped with a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..files import build_stamped_folder, stamped_folder_is_complete
+from .formats import FORMATS, QuantWeight
+from .model import QuantMode, QuantSummary, quant_plan, quantize_model
+from .probe import choose_mode
+
+CACHE_FORMAT = 1
+MARKER = "lorakit-cache.json"
+WEIGHTS = "quantized.safetensors"
+
+
+def cache_root() -> Path:
+    from ..models.registry import lorakit_home  # imported late: lorakit.models imports this package
+
+    return lorakit_home() / "quantized"
+
+
+def quantize_cached(model: nn.Module, mode: QuantMode, source: str | Path) -> QuantSummary:
+    """``quantize_model(model, mode)`` for a model loaded from the folder ``source``, through the disk cache."""
+    resolved = choose_mode() if mode == "auto" else mode
+    if resolved == "none":
+        return QuantSummary("none", mode)
+    plan = [(path, _shape(module), module.weight.dtype) for path, module, _ in quant_plan(model, resolved)]
+    stamp = _stamp(Path(source), resolved, plan)
+    folder = cache_root() / hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:20]
+    stored = _read(folder, stamp, resolved, plan)
+    summary = quantize_model(model, resolved, stored=stored)
+    summary.requested, summary.from_cache = mode, stored is not None
+    if stored is None:
+        _write(folder, stamp, model, summary.layers)
+    return summary
+
+
+def _shape(module: nn.Module) -> tuple[int, int]:
+    """(out, in) of a Linear or Conv1D, from the weight's metadata only (its values are never read)."""
+    out, inp = module.weight.shape if isinstance(module, nn.Linear) else module.weight.shape[::-1]
+    return int(out), int(inp)
+
+
+def _stamp(source: Path, mode: str, plan: list[tuple[str, tuple[int, int], torch.dtype]]) -> dict:
+    source = source.resolve()
+    files = sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in source.iterdir() if f.is_file())
+    layers = hashlib.sha256(json.dumps([[p, s, str(d)] for p, s, d in plan]).encode()).hexdigest()
+    return {"format": CACHE_FORMAT, "source": str(source), "mode": mode, "files": files, "layers": layers}
+
+
+def _read(folder: Path, stamp: dict, mode: str,
+          plan: list[tuple[str, tuple[int, int], torch.dtype]]) -> dict[str, QuantWeight] | None:
+    """The stored weights of a complete entry made from ``stamp``; None (rebuild) if there is none or it is
+    unreadable."""
+    if not stamped_folder_is_complete(folder, stamp, MARKER):
+        return None
+    try:
+        tensors = load_file(folder / WEIGHTS)
+        stored = {}
+        for path, shape, dtype in plan:
+            names = FORMATS[mode].stored_layout(shape)
+            stored[path] = FORMATS[mode].from_stored(shape, dtype, {n: tensors.pop(f"{path}.{n}") for n in names})
+        if tensors:
+            raise ValueError(f"{len(tensors)} tensors no layer asks for, e.g. {next(iter(tensors))}")
+        return stored
+    except (OSError, SafetensorError, KeyError, ValueError, RuntimeError) as err:
+        warnings.warn(f"quantized cache {folder} is unreadable ({err}); quantizing again", stacklevel=3)
+        shutil.rmtree(folder, ignore_errors=True)  # so that the new entry replaces it
+        return None
+
+
+def _write(folder: Path, stamp: dict, model: nn.Module, layers: list[str]) -> None:
+    """Store every quantized layer's tensors as a new entry; drop older entries of this folder and mode, and
+    entries whose folder is gone (a test's temporary model, a deleted fine-tune)."""
+    tensors = {f"{path}.{name}": tensor.contiguous() for path in layers
+               for name, tensor in model.get_submodule(path).qweight.stored().items()}
+    try:
+        build_stamped_folder(folder, lambda staging: save_file(tensors, staging / WEIGHTS), stamp, MARKER)
+    except OSError as err:
+        warnings.warn(f"could not write the quantized cache {folder} ({err}); the model is quantized as usual",
+                      stacklevel=3)
+        return
+    for marker in folder.parent.glob(f"*/{MARKER}"):
+        try:
+            other = json.loads(marker.read_text("utf-8"))
+        except (OSError, ValueError):
+            continue
+        source = other.get("source") if isinstance(other, dict) else None
+        if marker.parent != folder and isinstance(source, str) and (
+                (source, other.get("mode")) == (stamp["source"], stamp["mode"]) or not Path(source).is_dir()):
+            shutil.rmtree(marker.parent, ignore_errors=True)
