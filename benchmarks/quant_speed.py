@@ -279,7 +279,7 @@ def loading(args: argparse.Namespace) -> list[dict[str, Any]]:
             fresh = next(x for x in rows if x["mode"] == r["mode"] and x["how"] == "fresh")
             extra = (f" -> {r['seconds'] / fresh['seconds']:.2f}x the time and "
                      f"{r['peak_rss_mb'] / fresh['peak_rss_mb']:.2f}x the peak of quantizing; cache entry "
-                     f"{sizes.get(r['mode'], 0) / 2**20:.0f} MiB")
+                     f"{sizes.get(r['mode'], 0) / 2**20:.2f} MiB")
         ref = f" ({r['seconds'] / base['seconds']:.1f}x fp32's time)" if base and r is not base else ""
         print(f"load {r['mode']:5s} {r['how']:6s}: {r['seconds']:.2f} s{ref}, peak RSS {r['peak_rss_mb']:.0f} MiB"
               f"{extra}", flush=True)

@@ -397,7 +397,9 @@ def test_decode_summary_names_only_the_settings_its_strategy_uses():
 
 
 @pytest.mark.skipif(shared_data_dir() is None, reason="E2E data not found (set LORAKIT_DATA)")
-def test_cli_rerank_writes_each_inputs_least_wrong_hypothesis(smollm2, tmp_path):
+def test_cli_rerank_writes_each_inputs_least_wrong_hypothesis(smollm2, tmp_path, capsys):
+    """The command's wiring: the reranked path runs (its summary is printed) and writes what
+    ``rerank_by_slots`` picks from ``generate_hypotheses``; which pick wins is tests/test_rerank.py's."""
     from lorakit.decode import generate_hypotheses
     from lorakit.decode.rerank import rerank_by_slots
     from lorakit.tasks import get_task
@@ -412,5 +414,6 @@ def test_cli_rerank_writes_each_inputs_least_wrong_hypothesis(smollm2, tmp_path)
     hypotheses = generate_hypotheses(model, tokenizer, [f"{ex.source}\n" for ex in examples],
                                      preset("e2e", num_beams=3, max_new_tokens=12), progress=False)
     assert all(len(h) == 3 for h in hypotheses)
-    chosen, _ = rerank_by_slots(mrs, hypotheses)
+    chosen, summary = rerank_by_slots(mrs, hypotheses)
     assert out.read_text().splitlines() == [" ".join(t.split()) for t in chosen]
+    assert str(summary) in capsys.readouterr().err

@@ -208,6 +208,8 @@ def test_lorakit_train_quantize_runs_like_fp32(tiny_run) -> None:
     assert len(quantized) == 20 and quantized[-1] < quantized[0]
     assert all(abs(q - f) < 0.01 * f for q, f in zip(quantized, fp32, strict=True))
     assert json.loads((out / "run_config.json").read_text())["quantize"] == "int4"
+    assert json.loads((out / "summary.json").read_text())["quantized_base"] == "int4"  # (auto's resolution too)
+    assert json.loads((root / "none" / "summary.json").read_text())["quantized_base"] == "none"
 
 
 def test_an_adapter_trained_quantized_loads_on_the_fp32_base_in_lorakit_and_peft(tiny_run) -> None:
@@ -490,4 +492,5 @@ def test_a_quantized_run_is_reloaded_on_the_same_quantized_base(tiny_run, capsys
     reloaded = reload_and_merge(trained, tokenizer, str(root / "tiny-llama"), out / "adapter", "default",
                                 "name : Alimentum | area : riverside\n")
     assert "(int4): max |logit diff| vs the trained model 0.00e+00; not merged" in capsys.readouterr().out
+    assert len(list((root / "home" / "quantized").glob(f"*/{cache.WEIGHTS}"))) == 1  # one entry, read twice
     assert quant_mode(reloaded) == "int4" and len(list(lorakit.lora_layers(reloaded))) > 0

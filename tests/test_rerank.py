@@ -43,7 +43,7 @@ def _generate(argv: list[str]) -> int:
     (["--task", "webnlg", "--split", "dev", "--rerank", "slots"], "E2E MRs"),
     (["--task", "e2e", "--split", "dev", "--strategy", "greedy", "--rerank", "slots"], "beam search"),
     (["--task", "e2e", "--split", "dev", "--num-beams", "1", "--rerank", "slots"], "--num-beams 2 or more"),
-    (["--input", "mrs.txt", "--raw", "--num-beams", "4", "--rerank", "slots"], "not --data or --raw"),
+    (["--input", "mrs.txt", "--raw", "--num-beams", "4", "--rerank", "slots"], "nor --raw"),
 ])
 def test_rerank_needs_e2e_mrs_and_beams_before_any_model_loads(argv, message):
     """A missing model folder would fail later: these fail first, naming what to change."""
@@ -55,6 +55,9 @@ def test_an_input_file_that_is_not_mrs_is_refused_naming_the_line(tmp_path):
     mrs = tmp_path / "mrs.txt"
     mrs.write_text("name[The Eagle], eatType[pub]\nname : Zizzi | Type : pub\nThe Eagle is a pub.\n", "utf-8")
     with pytest.raises(ValueError, match=r"mrs\.txt, line 3: not an E2E MR"):
+        _generate(["--input", str(mrs), "--num-beams", "4", "--rerank", "slots"])
+    mrs.write_text("name[The Eagle]\nname : Zizzi | Type : pub | name : Aromi\n", "utf-8")
+    with pytest.raises(ValueError, match=r"mrs\.txt, line 2: MR names a slot twice"):
         _generate(["--input", str(mrs), "--num-beams", "4", "--rerank", "slots"])
 
 

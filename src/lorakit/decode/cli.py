@@ -186,6 +186,7 @@ def rerank_mrs(args: argparse.Namespace, sources: list[str]) -> list[str]:
     """With ``--rerank slots``: the MR behind each input (a split's linearized sources, or an --input file's
     MRs in either form), checked before any model loads; else nothing."""
     from ..data.e2e import mr_of
+    from ..metrics.ser import slot_errors
 
     if args.rerank is None:
         return []
@@ -193,6 +194,7 @@ def rerank_mrs(args: argparse.Namespace, sources: list[str]) -> list[str]:
     for line, source in enumerate(sources, 1):
         try:
             mrs.append(mr_of(source))
+            slot_errors(mrs[-1], "")  # a slot named twice is refused now, not after decoding
         except ValueError as err:
             where = f"{args.input}, line {line}" if args.input else f"{args.task} {args.split}, input {line}"
             raise ValueError(f"{where}: {err}") from None
@@ -205,7 +207,7 @@ def check_rerank(args: argparse.Namespace, config: DecodeConfig) -> None:
         return
     if (args.task or "e2e") != "e2e" or (args.data is not None and args.split is None) or args.raw:
         raise ValueError("--rerank slots checks outputs against E2E MRs: use it with --task e2e and --split or "
-                         "an --input file of MRs (not --data or --raw)")
+                         "an --input file of MRs (not a --data file of your own, nor --raw)")
     if config.strategy != "beam" or config.num_beams < 2:
         raise ValueError(f"--rerank picks among beam search's hypotheses: use --num-beams 2 or more (or "
                          f"--preset e2e), not {config.summary()}")

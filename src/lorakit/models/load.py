@@ -205,8 +205,9 @@ def load_model(
     classification and ``generate`` work for GPT-2-style models. Raises ``ModelNotFoundError`` when the
     model is not available offline (and downloads are not allowed). ``quantize`` stores the frozen linear
     layers in int8, int4, nf4 or bf16 (``auto``: none or bf16, whichever a cached probe measured faster
-    here); see ``lorakit.quant`` and docs/quantization.md. A local model is quantized once and its quantized
-    layers read from a disk cache afterwards (``lorakit.quant.cache``) unless ``quant_cache`` is off.
+    here); see ``lorakit.quant`` and docs/quantization.md. A local model loaded without extra keywords is
+    quantized once and its quantized layers read from a disk cache afterwards (``lorakit.quant.cache``)
+    unless ``quant_cache`` is off.
     """
     _check_kind(name_or_path, kind)
     if quantize not in QUANT_MODES:  # before loading, which can take a while
@@ -219,7 +220,7 @@ def load_model(
     tokenizer_kw = {k: kw[k] for k in _HUB_KEYS if k in kw}
     tokenizer = load_tokenizer(resolved, padding_side=padding_side, **tokenizer_kw)
     _sync_pad_token(model, tokenizer)
-    if quant_cache and resolved.is_local:
+    if quant_cache and resolved.is_local and not kw:  # subfolder, variant, device_map...: not in the cache's key
         quantize_cached(model, quantize, resolved.location)
     else:
         quantize_model(model, quantize)

@@ -7,10 +7,11 @@ fp32 file without reading the weights that get replaced, and the quantized layer
 safetensors file of their codes and scales.
 
 An entry is ``$LORAKIT_HOME/quantized/<key>/``, keyed by the source folder's files (name, size, modification
-time), the mode and the layers to quantize with their shapes: a changed model or plan makes a new entry
-(and replaces the old one of that folder and mode; entries of folders that are gone are removed too).
-Only local folders are cached (short names such as ``smollm2-135m`` resolve to one); hub ids are
-quantized on every load. An entry is written aside and
+time), the mode, the layers to quantize with their shapes and dtypes, and the lorakit and torch versions: a
+changed model or version makes a new entry that replaces the old one (entries of folders that are gone are
+removed too; another dtype or head choice is an entry of its own).
+Only local folders loaded without extra ``from_pretrained`` keywords are cached (short names such as
+``smollm2-135m`` resolve to one); hub ids are quantized on every load. An entry is written aside and
 renamed into place (``files.build_stamped_folder``); one that cannot be read is rebuilt, and one that
 cannot be written (read-only or full disk) is skipped with a warning.
 """
@@ -28,8 +29,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..files import build_stamped_folder, stamped_folder_is_complete
-from .formats import FORMATS, QuantWeight
+from ..files import build_stamped_folder, folder_lock, stamped_folder_is_complete
+from .formats import FORMATS, QuantWeight, int8_kernel_available
 from .model import QuantMode, QuantSummary, quant_plan, quantize_model
 from .probe import choose_mode
 
@@ -49,6 +50,8 @@ def quantize_cached(model: nn.Module, mode: QuantMode, source: str | Path) -> Qu
     resolved = choose_mode() if mode == "auto" else mode
     if resolved == "none":
         return QuantSummary("none", mode)
+    if resolved == "int8" and not int8_kernel_available():
+        return quantize_model(model, resolved)  # raises the kernel's own error; the cache stays as it is
     plan = [(path, _shape(module), module.weight.dtype) for path, module, _ in quant_plan(model, resolved)]
     stamp = _stamp(Path(source), resolved, plan)
     folder = cache_root() / hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:20]
@@ -67,10 +70,14 @@ def _shape(module: nn.Module) -> tuple[int, int]:
 
 
 def _stamp(source: Path, mode: str, plan: list[tuple[str, tuple[int, int], torch.dtype]]) -> dict:
+    """What an entry was made from: the folder's files, the mode and layers, and the code that quantized."""
+    from .. import __version__
+
     source = source.resolve()
     files = sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in source.iterdir() if f.is_file())
     layers = hashlib.sha256(json.dumps([[p, s, str(d)] for p, s, d in plan]).encode()).hexdigest()
-    return {"format": CACHE_FORMAT, "source": str(source), "mode": mode, "files": files, "layers": layers}
+    return {"format": CACHE_FORMAT, "lorakit": __version__, "torch": torch.__version__, "source": str(source),
+            "mode": mode, "layers": layers, "files": files}
 
 
 def _read(folder: Path, stamp: dict, mode: str,
@@ -88,15 +95,17 @@ def _read(folder: Path, stamp: dict, mode: str,
         if tensors:
             raise ValueError(f"{len(tensors)} tensors no layer asks for, e.g. {next(iter(tensors))}")
         return stored
-    except (OSError, SafetensorError, KeyError, ValueError, RuntimeError) as err:
+    except (OSError, SafetensorError, KeyError, ValueError) as err:
         warnings.warn(f"quantized cache {folder} is unreadable ({err}); quantizing again", stacklevel=3)
-        shutil.rmtree(folder, ignore_errors=True)  # so that the new entry replaces it
+        with folder_lock(folder):  # so that the new entry replaces it (not one another process just wrote)
+            if stamped_folder_is_complete(folder, stamp, MARKER):
+                shutil.rmtree(folder, ignore_errors=True)
         return None
 
 
 def _write(folder: Path, stamp: dict, model: nn.Module, layers: list[str]) -> None:
-    """Store every quantized layer's tensors as a new entry; drop older entries of this folder and mode, and
-    entries whose folder is gone (a test's temporary model, a deleted fine-tune)."""
+    """Store every quantized layer's tensors as a new entry; drop the entries it replaces (same folder, mode
+    and layers, older files or code) and those whose folder is gone (a test's temporary model)."""
     tensors = {f"{path}.{name}": tensor.contiguous() for path in layers
                for name, tensor in model.get_submodule(path).qweight.stored().items()}
     try:
@@ -111,6 +120,6 @@ def _write(folder: Path, stamp: dict, model: nn.Module, layers: list[str]) -> No
         except (OSError, ValueError):
             continue
         source = other.get("source") if isinstance(other, dict) else None
-        if marker.parent != folder and isinstance(source, str) and (
-                (source, other.get("mode")) == (stamp["source"], stamp["mode"]) or not Path(source).is_dir()):
+        same = isinstance(source, str) and all(other.get(k) == stamp[k] for k in ("source", "mode", "layers"))
+        if marker.parent != folder and isinstance(source, str) and (same or not Path(source).is_dir()):
             shutil.rmtree(marker.parent, ignore_errors=True)

@@ -107,6 +107,8 @@ def _own_tensors(model: nn.Module) -> None:
     SmolLM2 (int8): RSS 1121 MiB after quantizing, 715 MiB after this copy (the mapping is released)."""
     seen: set[int] = set()
     for module in model.modules():
+        if isinstance(module, QuantWeight):  # its codes are its own already (fresh, or read from the cache)
+            continue
         for store in (module._parameters, module._buffers):
             for name, tensor in store.items():
                 if tensor is None or id(tensor) in seen:

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from ..adapters import save_adapter
 from ..files import atomic_folder, atomic_write, folder_bytes
+from ..quant import quant_mode
 from . import checkpoint as ckpt
 from .batching import ClassificationSample, Sample, collate, plan_batches, shard
 from .config import RENAMED, TrainConfig
@@ -426,7 +427,8 @@ class Trainer:
                    "tokens_per_s": last.get("tokens_per_s"), "peak_mem_mb": peak_memory_mb(self.device),
                    "trainable_params": trainable, "total_params": total,
                    "device": str(self.device), "processes": procs.world_size, "output": str(self.output),
-                   "stopped_early": stopped_early}
+                   "stopped_early": stopped_early,
+                   "quantized_base": quant_mode(self.model) or "none"}  # what quantize = "auto" resolved to
         if self.evaluation is not None and self.best.step is not None:
             summary.update(best_step=self.best.step, best_metric=self.evaluation.metric, best_value=self.best.value)
         if procs.main:
