@@ -42,6 +42,7 @@ import torch
 from generate_speed import build_model, hf_generate, ours_generate, timed
 
 from lorakit.decode import DecodeConfig, length_batches
+from lorakit.files import folder_bytes
 from lorakit.hardware import describe
 from lorakit.quant import quantize_model
 from lorakit.quant.model import HEAD_MODES
@@ -253,7 +254,7 @@ def load_worker(args: argparse.Namespace) -> None:
 
 
 def loading(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from lorakit.quant.cache import cache_root
+    from lorakit.quant.cache import entries
 
     rows = []
     for mode in ["none", *args.load_modes]:
@@ -267,11 +268,8 @@ def loading(args: argparse.Namespace) -> list[dict[str, Any]]:
                 break
             if how != "fill":  # the first cached load may have had to write the entry: not timed
                 rows.append({"bench": "load", **json.loads(lines[-1][len(RESULT_MARK):]), "how": how})
-    sizes = {}
-    for marker in cache_root().glob("*/lorakit-cache.json"):
-        stamp = json.loads(marker.read_text())
-        if stamp.get("source") == str(Path(resolve_location(args.model)).resolve()):
-            sizes[stamp["mode"]] = sum(f.stat().st_size for f in marker.parent.iterdir())
+    source = str(Path(resolve_location(args.model)).resolve())
+    sizes = {stamp["mode"]: folder_bytes(folder) for folder, stamp in entries() if stamp["source"] == source}
     base = next((r for r in rows if r["mode"] == "none"), None)
     for r in rows:
         extra = ""

@@ -63,16 +63,26 @@ def generate_ids(model: nn.Module, prompts: Sequence[Sequence[int]], config: Dec
 
 
 def generate_hypotheses(model: nn.Module, tokenizer, prompts: Sequence[str], config: DecodeConfig, *,
-                        batch_size: int = 16, progress: bool = True) -> list[list[str]]:
+                        batch_size: int = 16, progress: bool = True,
+                        add_special_tokens: bool = False) -> list[list[str]]:
     """Beam search's finished hypotheses for each prompt (up to ``num_beams``, best first) as texts, in input
     order: the n-best lists a reranker chooses from. Prompts are tokenized as in ``generate``."""
     if config.strategy != "beam":
         raise ValueError(f"n-best lists come from beam search, not {config.strategy} decoding")
-    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    found = _decode(model, encoded, config, eos_ids(model, tokenizer), tokenizer.pad_token_id, batch_size,
-                    progress, None)
-    return [[tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens in hypotheses]
-            for hypotheses in found]
+    found = _decode_texts(model, tokenizer, prompts, config, batch_size, progress, add_special_tokens)
+    return [[_text(tokenizer, tokens) for tokens in hypotheses] for hypotheses in found]
+
+
+def _decode_texts(model: nn.Module, tokenizer, prompts: Sequence[str], config: DecodeConfig | None,
+                  batch_size: int, progress: bool, add_special_tokens: bool) -> list[list[list[int]]]:
+    """``_decode`` of text prompts, tokenized as training saw them, with the model's and tokenizer's stops."""
+    encoded = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
+    return _decode(model, encoded, config or DecodeConfig(), eos_ids(model, tokenizer), tokenizer.pad_token_id,
+                   batch_size, progress, None)
+
+
+def _text(tokenizer, tokens: list[int]) -> str:
+    return tokenizer.decode(tokens, skip_special_tokens=True).strip()
 
 
 def _decode(model: nn.Module, prompts: Sequence[Sequence[int]], config: DecodeConfig,
@@ -121,8 +131,5 @@ def generate(model: nn.Module, tokenizer, prompts: Sequence[str], config: Decode
              batch_size: int = 16, progress: bool = True, add_special_tokens: bool = False) -> list[str]:
     """Decode each prompt; returns the new text only (special tokens dropped, whitespace stripped), in input
     order. Prompts are tokenized as training saw them (no special tokens added, by default)."""
-    encoded = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
-    ids = generate_ids(model, encoded, config, eos_token_id=eos_ids(model, tokenizer),
-                       pad_token_id=tokenizer.pad_token_id,
-                       batch_size=batch_size, progress=progress)
-    return [tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens in ids]
+    found = _decode_texts(model, tokenizer, prompts, config, batch_size, progress, add_special_tokens)
+    return [_text(tokenizer, hypotheses[0]) for hypotheses in found]

@@ -22,6 +22,7 @@ import hashlib
 import json
 import shutil
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -30,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..files import build_stamped_folder, folder_lock, stamped_folder_is_complete
+from ..lora.layers import features
 from .formats import FORMATS, QuantWeight, int8_kernel_available
 from .model import QuantMode, QuantSummary, quant_plan, quantize_model
 from .probe import choose_mode
@@ -64,9 +66,20 @@ def quantize_cached(model: nn.Module, mode: QuantMode, source: str | Path) -> Qu
 
 
 def _shape(module: nn.Module) -> tuple[int, int]:
-    """(out, in) of a Linear or Conv1D, from the weight's metadata only (its values are never read)."""
-    out, inp = module.weight.shape if isinstance(module, nn.Linear) else module.weight.shape[::-1]
-    return int(out), int(inp)
+    """(out, in) of a Linear or Conv1D, the shape its quantized weight is stored in."""
+    inp, out, _ = features(module)
+    return out, inp
+
+
+def entries() -> Iterator[tuple[Path, dict]]:
+    """Every entry with a readable marker: (its folder, the stamp it was made from)."""
+    for marker in cache_root().glob(f"*/{MARKER}"):
+        try:
+            stamp = json.loads(marker.read_text("utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(stamp, dict) and isinstance(stamp.get("source"), str):
+            yield marker.parent, stamp
 
 
 def _stamp(source: Path, mode: str, plan: list[tuple[str, tuple[int, int], torch.dtype]]) -> dict:
@@ -114,12 +127,7 @@ def _write(folder: Path, stamp: dict, model: nn.Module, layers: list[str]) -> No
         warnings.warn(f"could not write the quantized cache {folder} ({err}); the model is quantized as usual",
                       stacklevel=3)
         return
-    for marker in folder.parent.glob(f"*/{MARKER}"):
-        try:
-            other = json.loads(marker.read_text("utf-8"))
-        except (OSError, ValueError):
-            continue
-        source = other.get("source") if isinstance(other, dict) else None
-        same = isinstance(source, str) and all(other.get(k) == stamp[k] for k in ("source", "mode", "layers"))
-        if marker.parent != folder and isinstance(source, str) and (same or not Path(source).is_dir()):
-            shutil.rmtree(marker.parent, ignore_errors=True)
+    for other, its in entries():
+        same = all(its.get(k) == stamp[k] for k in ("source", "mode", "layers"))
+        if other != folder and (same or not Path(its["source"]).is_dir()):
+            shutil.rmtree(other, ignore_errors=True)
