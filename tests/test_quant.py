@@ -3,8 +3,11 @@ per-row routing, ``auto`` and the settings and flags that ask for it."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
+import re
 import shutil
 
 import peft
@@ -162,11 +165,14 @@ def tiny_run(tmp_path_factory):
     write_e2e(root / "data", rows=48)
     write_tiny_llama(root / "tiny-llama")
     for mode in ("int4", "none"):
-        assert main(["train", "--task", "e2e", "--data", str(root / "data"), "--model", str(root / "tiny-llama"),
-                     "--output", str(root / mode), "--quantize", mode, "--lora-rank", "8", "--lora-dropout", "0",
-                     "--target-modules", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
-                     "--batch-size", "8", "--lr", "5e-2", "--warmup-steps", "1", "--log-every", "1",
-                     "--max-steps", "20", "--samples", "0", "--save-every", "100"]) == 0
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            assert main(["train", "--task", "e2e", "--data", str(root / "data"), "--model", str(root / "tiny-llama"),
+                         "--output", str(root / mode), "--quantize", mode, "--lora-rank", "8", "--lora-dropout", "0",
+                         "--target-modules", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+                         "--batch-size", "8", "--lr", "5e-2", "--warmup-steps", "1", "--log-every", "1",
+                         "--max-steps", "20", "--samples", "0", "--save-every", "100"]) == 0
+        (root / mode / "printed.txt").write_text(printed.getvalue())
     return root, root / "int4"
 
 
@@ -210,6 +216,9 @@ def test_lorakit_train_quantize_runs_like_fp32(tiny_run) -> None:
     assert json.loads((out / "run_config.json").read_text())["quantize"] == "int4"
     assert json.loads((out / "summary.json").read_text())["quantized_base"] == "int4"  # (auto's resolution too)
     assert json.loads((root / "none" / "summary.json").read_text())["quantized_base"] == "none"
+    # the resolved base is printed before the first step (for auto, what the probe picked)
+    assert re.search(r"base --quantize int4: \d+ linear layers in int4", (out / "printed.txt").read_text())
+    assert "base --quantize" not in (root / "none" / "printed.txt").read_text()
 
 
 def test_an_adapter_trained_quantized_loads_on_the_fp32_base_in_lorakit_and_peft(tiny_run) -> None:

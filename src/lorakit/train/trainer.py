@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from ..adapters import save_adapter
 from ..files import atomic_folder, atomic_write, folder_bytes
+from ..quant import describe as describe_quantized
 from ..quant import quant_mode
 from . import checkpoint as ckpt
 from .batching import ClassificationSample, Sample, collate, plan_batches, shard
@@ -378,8 +379,10 @@ class Trainer:
         if procs.main:
             atomic_write(self.output / "run_config.json", (json.dumps(config.to_dict(), indent=2) + "\n").encode())
             budget = f"; time budget {config.time_budget:g} s" if config.time_budget is not None else ""
-            print(f"{self.title}: {len(self.samples):,} examples, {self.total_steps} steps of {config.batch_size} "
-                  f"on {procs.world_size} process(es), {self.device}; trainable {trainable:,} / {total:,}{budget}")
+            base = f"; base --quantize {config.quantize}: {describe_quantized(self.model)}" \
+                if config.quantize != "none" else ""  # what auto resolved to, before the first step
+            print(f"{self.title}: {len(self.samples):,} examples, {self.total_steps} steps of {config.batch_size} on "
+                  f"{procs.world_size} process(es), {self.device}; trainable {trainable:,} / {total:,}{budget}{base}")
         self.model.train()
         bar = tqdm(range(start_step, self.total_steps), initial=start_step, total=self.total_steps,
                    desc=f"train {self.title}", unit="step", disable=not procs.main)
