@@ -19,6 +19,7 @@ from lorakit.metrics import glue_metric, glue_scores
 from lorakit.models import load_tokenizer
 from lorakit.nlu import evaluate_glue, load_classifier, predict_logits
 from lorakit.nlu.multitask import MultiTaskClassifier
+from lorakit.nlu.protocol import lr_tag
 
 # One header (or none, for CoLA) and rows per task, as the official GLUE TSVs have them.
 ROWS = {
@@ -258,6 +259,49 @@ def test_benchmark_glue_command(tmp_path: Path, tiny_bert_dir: Path, capsys) -> 
                          "--tasks", "sst2"]) == 0
     assert f"$ lorakit train --config {out / 'sst2-lora' / 'benchmark_config.json'} --resume" in capsys.readouterr().out
     assert not json.loads((out / "sst2-lora" / "summary.json").read_text())["stopped_on_time_budget"]
+
+
+def test_benchmark_glue_protocol_searches_then_seeds_both_methods(tmp_path: Path, tiny_bert_dir: Path,
+                                                                   capsys) -> None:
+    """--lr-factors/--seeds: the same search for LoRA and full fine-tuning, the other seeds at each one's best
+    rate, mean and spread from the runs' own dev scores; finished runs are reused."""
+    root, config = _benchmark_setup(tmp_path, tiny_bert_dir)
+    out = tmp_path / "protocol"
+    args = ["benchmark", "glue", "--config", str(config), "--data", str(root), "--output", str(out), "--tasks",
+            "sst2,qqp", "--full", "--lr-factors", "0.5,2", "--seeds", "0,1"]
+    assert lorakit_main(args) == 0
+    result = json.loads((out / "protocol.json").read_text())
+    assert result["skipped"] == ["qqp"] and result["seeds"] == [0, 1]
+    chosen = {r["method"]: lr_tag(r["lr"]) for r in result["rows"]}
+    assert {p.name for p in out.iterdir() if p.is_dir()} == {  # one folder per run, named by its settings
+        "sst2-lora-1.5e-3-s0", "sst2-lora-6e-3-s0", f"sst2-lora-{chosen['lora']}-s1",
+        "sst2-full-5e-4-s0", "sst2-full-2e-3-s0", f"sst2-full-{chosen['full']}-s1"}
+    for row in result["rows"]:
+        base = 3e-3 if row["method"] == "lora" else 1e-3  # the config's rates
+        assert [s["lr"] for s in row["search"]] == pytest.approx([base * 0.5, base * 2])
+        best = max(row["search"], key=lambda s: s["score"])
+        assert row["lr"] == best["lr"] and row["runs"][0]["run"] == best["run"]
+        seed1 = Path(row["runs"][1]["run"])
+        settings = json.loads((seed1 / "run_config.json").read_text())
+        assert settings["seed"] == 1 and settings["lr"] == pytest.approx(row["lr"])
+        assert settings["full_finetune"] == (row["method"] == "full")
+        scores = [json.loads((Path(r["run"]) / "dev_scores.json").read_text())["accuracy"] for r in row["runs"]]
+        assert row["mean"] == pytest.approx(sum(scores) / 2)
+        assert row["stdev"] == pytest.approx(abs(scores[0] - scores[1]) / 2**0.5)  # the sample sd of two
+    means = {r["method"]: r["mean"] for r in result["rows"]}
+    assert result["gaps"]["sst2"]["lora_minus_full"] == pytest.approx(means["lora"] - means["full"])
+    table = (out / "protocol.md").read_text()
+    assert "| sst2 (accuracy) | LoRA | 1.5e-3 -> " in table and "| sst2 | " in table
+
+    stamps = {p: (p / "summary.json").stat().st_mtime_ns for p in out.iterdir() if p.is_dir()}
+    assert lorakit_main(args) == 0  # everything finished: nothing trains again
+    assert all((p / "summary.json").stat().st_mtime_ns == t for p, t in stamps.items())
+    capsys.readouterr()
+    assert lorakit_main([*args[:-1], "0,0"]) != 0
+    assert "--seeds repeats a seed: [0, 0]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        lorakit_main([*args[:-1], "0,x"])
+    assert "--seeds: a comma-separated list of numbers, got '0,x'" in capsys.readouterr().err
 
 
 def test_benchmark_sweep_command(tmp_path: Path, tiny_bert_dir: Path) -> None:

@@ -182,6 +182,8 @@ def _benchmark_glue(args: argparse.Namespace) -> int:
     config.update({k: v for k, v in (("model", args.model), ("data", args.data)) if v})
     tasks = args.tasks or config.get("tasks") or ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte"]
     output = Path(args.output or config.get("output", "runs/glue"))
+    if args.lr_factors or args.seeds:
+        return _glue_protocol(args, config, tasks, output)
     result = benchmark_glue(config, tasks, output, full=args.full)
     table = glue_markdown(result)
     (output / "glue.md").write_text(table + "\n")
@@ -189,6 +191,29 @@ def _benchmark_glue(args: argparse.Namespace) -> int:
     glue_plot(result, output / "glue.png")
     print("\n" + table + f"\n\nwrote {output}/glue.md, glue.json, glue.png")
     return 0
+
+
+def _glue_protocol(args: argparse.Namespace, config: dict, tasks: list[str], output: Path) -> int:
+    from .protocol import glue_protocol, protocol_markdown
+
+    result = glue_protocol(config, tasks, output, args.full, args.lr_factors or [1.0], args.seeds or [0])
+    table = protocol_markdown(result)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "protocol.md").write_text(table + "\n")
+    (output / "protocol.json").write_text(json.dumps(result, indent=2) + "\n")
+    if result["skipped"]:
+        print(f"skipped {', '.join(result['skipped'])}: no train and dev files")
+    print("\n" + table + f"\n\nwrote {output}/protocol.md, protocol.json")
+    return 0
+
+
+def _number_list(kind: type, name: str):
+    def parse(text: str) -> list:
+        try:
+            return [kind(x) for x in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}: a comma-separated list of numbers, got {text!r}") from None
+    return parse
 
 
 def _benchmark_sweep(args: argparse.Namespace) -> int:
@@ -221,6 +246,12 @@ def add_benchmark_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     glue.add_argument("--model", help="override the config's base model")
     glue.add_argument("--data", help="data folder (default: $LORAKIT_DATA)")
     glue.add_argument("--output", help="folder for the runs and the table (default: the config's output)")
+    glue.add_argument("--lr-factors", type=_number_list(float, "--lr-factors"), metavar="F,F,...",
+                      help="the dev protocol: search the config's learning rate times each factor (e.g. 0.5,1,2) "
+                           "with the first seed, for each method alike; writes protocol.md and .json")
+    glue.add_argument("--seeds", type=_number_list(int, "--seeds"), metavar="S,S,...",
+                      help="the dev protocol's seeds (e.g. 0,1,2): the others train at the chosen rate; mean and "
+                           "spread are reported")
     glue.set_defaults(func=_benchmark_glue)
     sweep = kinds.add_parser("sweep", help="one task over LoRA ranks and target sets under one budget")
     sweep.add_argument("--config", required=True)

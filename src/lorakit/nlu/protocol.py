@@ -1,0 +1,86 @@
+"""``lorakit benchmark glue --lr-factors ... --seeds ...``: GLUE's dev protocol, the same for both methods.
+
+Per task and method: train at the config's learning rate times each factor with the first seed, keep the
+rate whose dev score (the task's main metric) is highest, then train the other seeds at that rate and report
+their mean and spread. LoRA and full fine-tuning get the same factors and seeds, so neither is tuned more
+than the other. The rate is chosen on dev and the scores are dev scores, as in GLUE dev tables (the paper's
+included); the spread over seeds is what says whether a difference of a point means anything.
+
+Every run is ``run_training``'s: an ordinary ``lorakit train`` process in its own folder,
+``<task>-<method>-<lr>-s<seed>``, reused when finished, so the protocol can be stopped and resumed.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from ..data.glue import glue_file, glue_spec
+from ..train.config import TrainConfig
+from .benchmark import run_training, settings_for
+
+
+def lr_tag(lr: float) -> str:
+    """A learning rate as a short, exact folder-name part: 5e-4, 1.5e-4, 2e-5."""
+    mantissa, exponent = f"{lr:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def search_then_seeds(settings: dict[str, Any], lr_factors: list[float], seeds: list[int],
+                      output: Path) -> dict[str, Any]:
+    """One task and method: the learning-rate search on ``seeds[0]``, then the other seeds at the best rate."""
+    task, method = settings["task"], "full" if settings.get("full_finetune") else "lora"
+    metric = glue_spec(task).metrics[0]
+    base_lr = settings.get("lr", TrainConfig.lr)
+
+    def run(lr: float, seed: int) -> dict[str, Any]:
+        row = run_training({**settings, "lr": lr, "seed": seed}, output / f"{task}-{method}-{lr_tag(lr)}-s{seed}")
+        return {"lr": lr, "seed": seed, "score": row["scores"][metric], **row}
+
+    search = [run(base_lr * factor, seeds[0]) for factor in lr_factors]
+    best = max(search, key=lambda r: r["score"])  # the first of equal scores: the grid's order
+    runs = [best] + [run(best["lr"], seed) for seed in seeds[1:]]
+    scores = [r["score"] for r in runs]
+    return {"task": task, "method": method, "metric": metric, "search": search, "lr": best["lr"], "runs": runs,
+            "mean": statistics.fmean(scores), "stdev": statistics.stdev(scores) if len(scores) > 1 else 0.0}
+
+
+def glue_protocol(config: dict[str, Any], tasks: list[str], output: Path, full: bool, lr_factors: list[float],
+                  seeds: list[int]) -> dict[str, Any]:
+    if not lr_factors or not seeds:
+        raise ValueError("the protocol needs at least one learning-rate factor and one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds repeats a seed: {seeds}")
+    root = config.get("data")
+    available = [t for t in tasks if glue_file(t, "train", root).is_file() and glue_file(t, "dev", root).is_file()]
+    methods = ["lora", "full"] if full else ["lora"]
+    rows = [search_then_seeds(settings_for(config, task, method), lr_factors, seeds, output)
+            for task in available for method in methods]
+    gaps = {}
+    for task in available:
+        by_method = {r["method"]: r for r in rows if r["task"] == task}
+        if len(by_method) == 2:
+            gap = by_method["lora"]["mean"] - by_method["full"]["mean"]
+            gaps[task] = {"lora_minus_full": gap, "within_a_point": gap >= -1.0}
+    return {"lr_factors": lr_factors, "seeds": seeds, "rows": rows, "gaps": gaps,
+            "skipped": [t for t in tasks if t not in available]}
+
+
+def protocol_markdown(result: dict[str, Any]) -> str:
+    seeds = result["seeds"]
+    lines = [f"Learning rate searched with seed {seeds[0]} over the config's rate x "
+             f"{', '.join(f'{f:g}' for f in result['lr_factors'])}; then seeds {', '.join(map(str, seeds))} at the "
+             "best rate. Dev scores x100; mean and sample standard deviation over the seeds.", "",
+             "| task | method | search: lr -> dev | chosen lr | dev per seed | mean ± sd |",
+             "| --- | --- | --- | ---: | --- | ---: |"]
+    for r in result["rows"]:
+        search = ", ".join(f"{lr_tag(s['lr'])} -> {s['score']:.2f}" for s in r["search"])
+        per_seed = ", ".join(f"{s['score']:.2f}" for s in r["runs"])
+        lines.append(f"| {r['task']} ({r['metric']}) | {'LoRA' if r['method'] == 'lora' else 'full FT'} | {search} "
+                     f"| {lr_tag(r['lr'])} | {per_seed} | {r['mean']:.2f} ± {r['stdev']:.2f} |")
+    if result["gaps"]:
+        lines += ["", "| task | LoRA mean - full FT mean | within a point |", "| --- | ---: | --- |"]
+        lines += [f"| {task} | {g['lora_minus_full']:+.2f} | {'yes' if g['within_a_point'] else 'no'} |"
+                  for task, g in result["gaps"].items()]
+    return "\n".join(lines)
