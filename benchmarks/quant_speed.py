@@ -3,7 +3,10 @@ training step time and peak memory, side by side in one run.
 
 1. Quality: logits of the model below (base + LoRA) on E2E dev prompts, every position, against fp32:
    relative error and top-1 agreement, per mode as lorakit quantizes it, and with the other choice for the
-   LM head (fp32 for int8/bf16, quantized too for int4/nf4): what quantizing the head costs.
+   LM head (fp32 for int8/bf16, quantized too for int4/nf4): what quantizing the head costs. With
+   --outlier-layers K ..., int8 again with the K layers whose inputs have the largest outlier ratio (a
+   channel's largest |x| over the median channel's, on these prompts in fp32) kept in bf16: whether int8's
+   loss of agreement comes from a few layers.
 2. Greedy decoding, batch --batch-size, same fresh r=8 q_proj/v_proj LoRA (B non-zero) for every side,
    unmerged everywhere (a quantized base cannot take a merge): lorakit on fp32, HF ``generate`` on fp32,
    lorakit on each --modes, and HF ``generate`` on each --hf-modes. Sides alternate within each repeat
@@ -45,7 +48,7 @@ from lorakit.decode import DecodeConfig, length_batches
 from lorakit.files import folder_bytes
 from lorakit.hardware import describe
 from lorakit.quant import quantize_model
-from lorakit.quant.model import HEAD_MODES
+from lorakit.quant.model import HEAD_MODES, quant_plan
 from lorakit.recipes import setup as recipe_setup
 from lorakit.tasks import get_task
 from lorakit.train import TrainConfig, Trainer
@@ -62,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--modes", nargs="+", default=["int8", "bf16", "int4"], help="quantized modes to compare")
     p.add_argument("--hf-modes", nargs="*", default=["int8"], help="also HF generate on these quantized bases")
     p.add_argument("--quality-prompts", type=int, default=16)
+    p.add_argument("--outlier-layers", type=int, nargs="*", default=[],
+                   help="quality: int8 with this many outlier layers kept in bf16 (e.g. 4 16)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--batches", type=int, default=2, help="greedy: batches of prompts per measurement")
     p.add_argument("--new-tokens", type=int, default=32)
@@ -88,7 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # --- 1. quality ---------------------------------------------------------------------------------------
-def quality(model, tokenizer, prompts: list[str], modes: list[str]) -> list[dict[str, Any]]:
+def quality(model, tokenizer, prompts: list[str], modes: list[str],
+            outlier_layers: list[int]) -> list[dict[str, Any]]:
     batch = tokenizer(prompts, return_tensors="pt", padding=True)
     mask = batch["attention_mask"].bool()
     with torch.no_grad():
@@ -106,7 +112,45 @@ def quality(model, tokenizer, prompts: list[str], modes: list[str]) -> list[dict
         rows.append({"bench": "quality", "mode": label, "rel_error": err, "top1_agreement": agree})
         print(f"quality {label:16s}: logits relative error {err:.4f}, top-1 agreement with fp32 {agree:.3f} "
               f"({int(mask.sum())} positions)", flush=True)
+    if outlier_layers:
+        ranking = outlier_ranking(model, batch, mask)
+        print("outlier ratio of each int8 layer's input, largest first: "
+              + ", ".join(f"{path} {ratio:.0f}" for path, ratio in ranking[:5]), flush=True)
+    for k in outlier_layers:
+        quantized = copy.deepcopy(model)
+        quantize_model(quantized, "bf16", only={path for path, _ in ranking[:k]})
+        quantize_model(quantized, "int8")  # the rest; the bf16 layers stay as they are
+        with torch.no_grad():
+            out = quantized(**batch).logits.float()
+        err = ((out - ref)[mask].norm() / ref[mask].norm()).item()
+        agree = (out.argmax(-1) == ref.argmax(-1))[mask].float().mean().item()
+        rows.append({"bench": "quality", "mode": f"int8, {k} outlier layers bf16", "rel_error": err,
+                     "top1_agreement": agree, "bf16_layers": [path for path, _ in ranking[:k]]})
+        print(f"quality int8, {k} outlier layers bf16: logits relative error {err:.4f}, top-1 agreement with fp32 "
+              f"{agree:.3f}", flush=True)
     return rows
+
+
+def outlier_ranking(model, batch, mask: torch.Tensor) -> list[tuple[str, float]]:
+    """int8's layers by their input's outlier ratio on ``batch`` (fp32): the largest per-channel |x| over the
+    median channel's. One activation scale per call must cover the largest channel, so a large ratio leaves
+    the other channels few of the 255 levels."""
+    ratios: dict[str, float] = {}
+
+    def hook(path: str):
+        def record(module, inputs, output) -> None:
+            peak = inputs[0][mask].abs().amax(0)
+            ratios[path] = (peak.max() / peak.median().clamp_min(1e-12)).item()
+        return record
+
+    handles = [module.register_forward_hook(hook(path)) for path, module, _ in quant_plan(model, "int8")]
+    try:
+        with torch.no_grad():
+            model(**batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sorted(ratios.items(), key=lambda item: -item[1])
 
 
 # --- 2. greedy decoding -------------------------------------------------------------------------------
@@ -309,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     sources = [task.prompt(ex.source) for ex in task.examples("dev", args.data)]
     results = []
     if "quality" not in args.skip:
-        results += quality(model, tokenizer, sources[:args.quality_prompts], args.modes)
+        results += quality(model, tokenizer, sources[:args.quality_prompts], args.modes, args.outlier_layers)
     if "greedy" not in args.skip:
         prompts = tokenizer(sources, add_special_tokens=False)["input_ids"]
         results += decoding(model, tokenizer, prompts, args)

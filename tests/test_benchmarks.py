@@ -93,8 +93,11 @@ def test_serve_load(tiny_model, tmp_path):
 def test_quant_speed(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("LORAKIT_HOME", str(tmp_path / "home"))  # the load part fills a quantized cache
     out = run_benchmark("quant_speed.py", "--model", str(tiny_model), "--quick", "--quality-prompts", "2",
-                        "--new-tokens", "4", "--train-steps", "3", "--train-batch", "2", cwd=tmp_path)
+                        "--new-tokens", "4", "--train-steps", "3", "--train-batch", "2", "--outlier-layers", "1",
+                        cwd=tmp_path)
     assert re.search(r"^quality int8\s+: logits relative error \d+\.\d+, top-1 agreement", out, re.M), out
+    assert re.search(r"^outlier ratio of each int8 layer's input, largest first: \S+ \d+", out, re.M), out
+    assert re.search(r"^quality int8, 1 outlier layers bf16: logits relative error \d+\.\d+", out, re.M), out
     assert re.search(r"greedy batch 8: lorakit int8 .* -> \d+\.\d+x HF fp32, \d+\.\d+x lorakit fp32, \d+\.\d+x HF "
                      r"on the same base", out), out
     assert re.search(r"^train int8 : .* throughput \d+\.\d+x, peak RSS \d+\.\d+x", out, re.M), out

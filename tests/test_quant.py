@@ -38,6 +38,7 @@ from lorakit.quant import (
     quantize_model,
     quantized_layers,
 )
+from lorakit.quant.model import quant_plan
 from lorakit.train import TrainConfig
 from lorakit.train.config import ConfigError
 
@@ -119,6 +120,20 @@ def test_formats_keep_their_precision_and_int8_stays_on_the_cpu(ids: torch.Tenso
         quantize_model(q8, "int8")
         with pytest.raises(RuntimeError, match="int8 weights stay on the CPU"):
             q8.to("meta")
+
+
+def test_a_mixed_plan_quantizes_only_the_named_layers_then_the_rest(ids: torch.Tensor) -> None:
+    model = make("llama")
+    kept = {"model.layers.0.mlp.down_proj", "lm_head"}
+    with pytest.raises(ValueError, match=r"'model\.layers\.0\.nope' is not a layer"):
+        quantize_model(model, "bf16", only={"model.layers.0.nope", *kept})
+    assert quant_mode(model) is None  # refused before any layer changed
+    assert sorted(quantize_model(model, "bf16", only=kept).layers) == sorted(kept)
+    rest = quantize_model(model, "int4", head=False)  # the layers quantized already are left as they are
+    assert not kept & set(rest.layers) and len(rest.layers) == len(quant_plan(make("llama"), "int4")) - 1
+    assert model.model.layers[0].mlp.down_proj.quant_mode == "bf16" and model.lm_head.quant_mode == "bf16"
+    assert model.model.layers[0].mlp.up_proj.quant_mode == "int4"
+    assert logits(model, ids).isfinite().all()
 
 
 # --- training through a quantized base -----------------------------------------------------------------

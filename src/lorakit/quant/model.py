@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -54,12 +54,14 @@ class QuantSummary:
 
 
 def quantize_model(model: nn.Module, mode: QuantMode = "int8", *, head: bool | None = None,
-                   skip: tuple[str, ...] = HEADS, stored: Mapping[str, QuantWeight] | None = None) -> QuantSummary:
+                   skip: tuple[str, ...] = HEADS, stored: Mapping[str, QuantWeight] | None = None,
+                   only: Collection[str] | None = None) -> QuantSummary:
     """Replace the frozen linear layers of ``model`` by quantized ones (``none``: leave it; ``auto``: the mode
     a short probe measured fastest here, cached). ``head``: also the LM head (``get_output_embeddings``;
     default: for int8 and bf16, see ``HEAD_MODES``); ``skip``: top-level children left alone. Layers already
-    quantized are left as they are. ``stored``: each layer's weight already quantized (by path, as the disk
-    cache in ``lorakit.quant.cache`` keeps them), used instead of quantizing; every layer must have one."""
+    quantized are left as they are, so ``only`` (layer paths as ``quant_plan`` names them) followed by a second
+    call for the rest gives a mixed plan. ``stored``: each layer's weight already quantized (by path, as the
+    disk cache in ``lorakit.quant.cache`` keeps them), used instead of quantizing; every layer must have one."""
     if mode not in QUANT_MODES:
         raise ValueError(f"quantize must be one of {', '.join(QUANT_MODES)}, got {mode!r}")
     resolved = choose_mode() if mode == "auto" else mode
@@ -67,6 +69,10 @@ def quantize_model(model: nn.Module, mode: QuantMode = "int8", *, head: bool | N
     if resolved == "none":
         return summary
     targets = quant_plan(model, resolved, head=head, skip=skip)
+    if only is not None:
+        if unknown := sorted(set(only) - {path for path, _, _ in targets}):
+            raise ValueError(f"only: {unknown[0]!r} is not a layer quantize_model would quantize in {resolved}")
+        targets = [target for target in targets if target[0] in only]
     if stored is not None and (missing := [path for path, _, _ in targets if path not in stored]):
         raise ValueError(f"no stored weight for {len(missing)} layers, e.g. {missing[0]}")
     for path, module, owner in targets:
