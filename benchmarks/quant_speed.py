@@ -107,8 +107,7 @@ def quality(model, tokenizer, prompts: list[str], modes: list[str],
         with torch.no_grad():
             out = quantized(**batch).logits.float()
         label = mode + ("" if head is None else " (head fp32)" if not head else " (head too)")
-        err = ((out - ref)[mask].norm() / ref[mask].norm()).item()
-        agree = (out.argmax(-1) == ref.argmax(-1))[mask].float().mean().item()
+        err, agree = against_fp32(out, ref, mask)
         rows.append({"bench": "quality", "mode": label, "rel_error": err, "top1_agreement": agree})
         print(f"quality {label:16s}: logits relative error {err:.4f}, top-1 agreement with fp32 {agree:.3f} "
               f"({int(mask.sum())} positions)", flush=True)
@@ -122,13 +121,18 @@ def quality(model, tokenizer, prompts: list[str], modes: list[str],
         quantize_model(quantized, "int8")  # the rest; the bf16 layers stay as they are
         with torch.no_grad():
             out = quantized(**batch).logits.float()
-        err = ((out - ref)[mask].norm() / ref[mask].norm()).item()
-        agree = (out.argmax(-1) == ref.argmax(-1))[mask].float().mean().item()
+        err, agree = against_fp32(out, ref, mask)
         rows.append({"bench": "quality", "mode": f"int8, {k} outlier layers bf16", "rel_error": err,
                      "top1_agreement": agree, "bf16_layers": [path for path, _ in ranking[:k]]})
         print(f"quality int8, {k} outlier layers bf16: logits relative error {err:.4f}, top-1 agreement with fp32 "
               f"{agree:.3f}", flush=True)
     return rows
+
+
+def against_fp32(out: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+    """(relative error of the logits, top-1 agreement) at the real positions."""
+    err = ((out - ref)[mask].norm() / ref[mask].norm()).item()
+    return err, (out.argmax(-1) == ref.argmax(-1))[mask].float().mean().item()
 
 
 def outlier_ranking(model, batch, mask: torch.Tensor) -> list[tuple[str, float]]:
