@@ -11,7 +11,8 @@ training step time and peak memory, side by side in one run.
    unmerged everywhere (a quantized base cannot take a merge): lorakit on fp32, HF ``generate`` on fp32,
    lorakit on each --modes, and HF ``generate`` on each --hf-modes. Sides alternate within each repeat
    (median reported), so that load from other work hits all alike. Tokens/s count generated tokens up to
-   EOS; "same as fp32" is the share of sequences identical to lorakit fp32's.
+   EOS; "same as fp32" is the share of sequences identical to lorakit fp32's; "model forward" is the share
+   of the time inside the model's forward passes (the rest is the decoding loop's own work).
 3. Training: lorakit's Trainer (the ``quantize`` setting, as ``lorakit train --quantize``) on E2E train,
    each configuration in its own subprocess: seconds per step (steps after the first two) and peak RSS
    during training (VmHWM reset after setup, so loading is not counted; the load peak is shown apart).
@@ -172,11 +173,15 @@ def decoding(base, tokenizer, prompts: list[list[int]], args: argparse.Namespace
     for who, mode in sides:  # warm-up: first calls allocate and pick kernels
         run_side(who, models[mode], [flat[:2]], config, pad, eos)
     times: dict[tuple[str, str], list[float]] = {s: [] for s in sides}
+    forward: dict[tuple[str, str], list[float]] = {s: [] for s in sides}
     outputs: dict[tuple[str, str], list[list[int]]] = {}
+    clock = ForwardClock(list(models.values()))
     for _ in range(args.repeats):
         for side in sides:
+            clock.seconds = 0.0
             seconds, outputs[side] = timed(run_side, side[0], models[side[1]], batches, config, pad, eos)
             times[side].append(seconds)
+            forward[side].append(clock.seconds)
     reference = outputs[("lorakit", "fp32")]
     hf_fp32 = _tok_s(outputs[("HF", "fp32")], times[("HF", "fp32")])
     ours_fp32 = _tok_s(reference, times[("lorakit", "fp32")])
@@ -188,13 +193,31 @@ def decoding(base, tokenizer, prompts: list[list[int]], args: argparse.Namespace
         row = {"bench": "greedy", "side": side[0], "mode": side[1], "batch_size": args.batch_size,
                "tok_s": speed, "vs_hf_fp32": speed / hf_fp32, "vs_lorakit_fp32": speed / ours_fp32,
                "vs_hf_same_base": speed / hf_same if hf_same else None, "same_as_fp32": same,
-               "times_s": times[side]}
+               "times_s": times[side], "forward_share": sum(forward[side]) / sum(times[side])}
         rows.append(row)
         extra = f", {row['vs_hf_same_base']:.2f}x HF on the same base" if side[0] == "lorakit" and hf_same else ""
         print(f"greedy batch {args.batch_size}: {side[0]:7s} {side[1]:5s} {speed:7.1f} tok/s -> "
               f"{row['vs_hf_fp32']:.2f}x HF fp32, {row['vs_lorakit_fp32']:.2f}x lorakit fp32{extra}; "
-              f"same tokens as lorakit fp32: {same:.2f}", flush=True)
+              f"same tokens as lorakit fp32: {same:.2f}; model forward {row['forward_share']:.1%} of the time",
+              flush=True)
     return rows
+
+
+class ForwardClock:
+    """Seconds spent inside the models' forward passes (hooks on each top-level model): the rest of a decode is
+    the decoding loop's own work, the only part a decoder can speed up over another on the same model."""
+
+    def __init__(self, models: list[torch.nn.Module]) -> None:
+        self.seconds, self._start = 0.0, 0.0
+        for model in models:
+            model.register_forward_pre_hook(self._enter)
+            model.register_forward_hook(self._leave)
+
+    def _enter(self, module, inputs) -> None:
+        self._start = time.perf_counter()
+
+    def _leave(self, module, inputs, output) -> None:
+        self.seconds += time.perf_counter() - self._start
 
 
 def run_side(who: str, model, batches: list[list[list[int]]], config: DecodeConfig, pad: int,

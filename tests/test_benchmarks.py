@@ -99,7 +99,7 @@ def test_quant_speed(tiny_model, tmp_path, monkeypatch):
     assert re.search(r"^outlier ratio of each int8 layer's input, largest first: \S+ \d+", out, re.M), out
     assert re.search(r"^quality int8, 1 outlier layers bf16: logits relative error \d+\.\d+", out, re.M), out
     assert re.search(r"greedy batch 8: lorakit int8 .* -> \d+\.\d+x HF fp32, \d+\.\d+x lorakit fp32, \d+\.\d+x HF "
-                     r"on the same base", out), out
+                     r"on the same base; .*; model forward \d+\.\d% of the time", out), out
     assert re.search(r"^train int8 : .* throughput \d+\.\d+x, peak RSS \d+\.\d+x", out, re.M), out
     assert re.search(r"^load int8  cached: .* -> \d+\.\d+x the time and \d+\.\d+x the peak of quantizing; "
                      r"cache entry (?!0\.00)\d+\.\d\d MiB", out, re.M), out  # the entry was found and is not empty
