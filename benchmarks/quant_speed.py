@@ -12,7 +12,7 @@ training step time and peak memory, side by side in one run.
    lorakit on each --modes, and HF ``generate`` on each --hf-modes. Sides alternate within each repeat
    (median reported), so that load from other work hits all alike. Tokens/s count generated tokens up to
    EOS; "same as fp32" is the share of sequences identical to lorakit fp32's; "model forward" is the share
-   of the time inside the model's forward passes (the rest is the decoding loop's own work).
+   of the time inside the model's forward passes (the rest is the decoding loop's own overhead).
 3. Training: lorakit's Trainer (the ``quantize`` setting, as ``lorakit train --quantize``) on E2E train,
    each configuration in its own subprocess: seconds per step (steps after the first two) and peak RSS
    during training (VmHWM reset after setup, so loading is not counted; the load peak is shown apart).
@@ -112,8 +112,8 @@ def quality(model, tokenizer, prompts: list[str], modes: list[str],
         rows.append({"bench": "quality", "mode": label, "rel_error": err, "top1_agreement": agree})
         print(f"quality {label:16s}: logits relative error {err:.4f}, top-1 agreement with fp32 {agree:.3f} "
               f"({int(mask.sum())} positions)", flush=True)
-    if outlier_layers:
-        ranking = outlier_ranking(model, batch, mask)
+    ranking = outlier_ranking(model, batch, mask) if outlier_layers else []
+    if ranking:
         print("outlier ratio of each int8 layer's input, largest first: "
               + ", ".join(f"{path} {ratio:.0f}" for path, ratio in ranking[:5]), flush=True)
     for k in outlier_layers:
@@ -136,14 +136,14 @@ def against_fp32(out: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> tu
     return err, (out.argmax(-1) == ref.argmax(-1))[mask].float().mean().item()
 
 
-def outlier_ranking(model, batch, mask: torch.Tensor) -> list[tuple[str, float]]:
+def outlier_ranking(model: torch.nn.Module, batch: Any, mask: torch.Tensor) -> list[tuple[str, float]]:
     """int8's layers by their input's outlier ratio on ``batch`` (fp32): the largest per-channel |x| over the
     median channel's. One activation scale per call must cover the largest channel, so a large ratio leaves
     the other channels few of the 255 levels."""
     ratios: dict[str, float] = {}
 
-    def hook(path: str):
-        def record(module, inputs, output) -> None:
+    def hook(path: str) -> Any:
+        def record(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             peak = inputs[0][mask].abs().amax(0)
             ratios[path] = (peak.max() / peak.median().clamp_min(1e-12)).item()
         return record
@@ -176,12 +176,15 @@ def decoding(base, tokenizer, prompts: list[list[int]], args: argparse.Namespace
     forward: dict[tuple[str, str], list[float]] = {s: [] for s in sides}
     outputs: dict[tuple[str, str], list[list[int]]] = {}
     clock = ForwardClock(list(models.values()))
-    for _ in range(args.repeats):
-        for side in sides:
-            clock.seconds = 0.0
-            seconds, outputs[side] = timed(run_side, side[0], models[side[1]], batches, config, pad, eos)
-            times[side].append(seconds)
-            forward[side].append(clock.seconds)
+    try:
+        for _ in range(args.repeats):
+            for side in sides:
+                clock.seconds = 0.0
+                seconds, outputs[side] = timed(run_side, side[0], models[side[1]], batches, config, pad, eos)
+                times[side].append(seconds)
+                forward[side].append(clock.seconds)
+    finally:
+        clock.close()
     reference = outputs[("lorakit", "fp32")]
     hf_fp32 = _tok_s(outputs[("HF", "fp32")], times[("HF", "fp32")])
     ours_fp32 = _tok_s(reference, times[("lorakit", "fp32")])
@@ -204,20 +207,24 @@ def decoding(base, tokenizer, prompts: list[list[int]], args: argparse.Namespace
 
 
 class ForwardClock:
-    """Seconds spent inside the models' forward passes (hooks on each top-level model): the rest of a decode is
-    the decoding loop's own work, the only part a decoder can speed up over another on the same model."""
+    """Seconds spent inside the models' forward passes (hooks on each top-level model, removed by ``close``).
+    The rest of a decode is the decoding loop's own overhead; a decoder can also win by sending fewer rows or
+    columns through the forward passes, which this share does not show."""
 
     def __init__(self, models: list[torch.nn.Module]) -> None:
         self.seconds, self._start = 0.0, 0.0
-        for model in models:
-            model.register_forward_pre_hook(self._enter)
-            model.register_forward_hook(self._leave)
+        self._handles = [h for m in models for h in (m.register_forward_pre_hook(self._enter),
+                                                      m.register_forward_hook(self._leave))]
 
-    def _enter(self, module, inputs) -> None:
+    def _enter(self, module: torch.nn.Module, inputs: tuple) -> None:
         self._start = time.perf_counter()
 
-    def _leave(self, module, inputs, output) -> None:
+    def _leave(self, module: torch.nn.Module, inputs: tuple, output: Any) -> None:
         self.seconds += time.perf_counter() - self._start
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
 
 
 def run_side(who: str, model, batches: list[list[list[int]]], config: DecodeConfig, pad: int,

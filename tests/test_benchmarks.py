@@ -72,6 +72,19 @@ def test_serve_forward(tiny_model, tmp_path):
     assert diff < 1e-4, out  # lorakit's routed adapters and PEFT's give the same logits
 
 
+@pytest.mark.parametrize("mode", ["bf16", "int8"])
+def test_serve_forward_over_a_quantized_base(tiny_model, tmp_path, monkeypatch, mode):
+    """Mixed rows against each adapter routed alone (exact for bf16; int8's batch-wide activation scale makes
+    that comparison unfit, which the output says), PEFT left out."""
+    monkeypatch.setenv("LORAKIT_HOME", str(tmp_path / "home"))
+    out = run_benchmark("serve_forward.py", "--model", str(tiny_model), "--rows", "4", "--tokens", "8",
+                        "--adapters", "2", "--rank", "2", "--repeats", "1", "--quantize", mode, cwd=tmp_path)
+    assert f"base quantize={mode}" in out and "peft" not in out, out
+    assert re.search(r"lorakit-mixed\s+\d+\.\d+ ms\s+\d+\.\d+x base", out), out
+    diff = float(re.search(r"lorakit vs each adapter alone max \|logit diff\| ([\d.e+-]+)", out).group(1))
+    assert (diff == 0.0) if mode == "bf16" else "(not checked for int8)" in out, out
+
+
 def test_serve_switch(tiny_model, tmp_path):
     out = run_benchmark("serve_switch.py", "--model", str(tiny_model), "--rank", "2", "--repeats", "2", cwd=tmp_path)
     for kind in ("qv", "all7"):

@@ -251,6 +251,14 @@ def test_benchmark_glue_command(tmp_path: Path, tiny_bert_dir: Path, capsys) -> 
                          "--tasks", "sst2"]) == 0
     assert (out / "sst2-lora" / "summary.json").stat().st_mtime_ns == stamp
 
+    # a finished run that learned with other settings is refused, not reported under the new ones
+    config.write_text(config.read_text().replace("lr = 3e-3", "lr = 1e-2"))
+    capsys.readouterr()
+    assert lorakit_main(["benchmark", "glue", "--config", str(config), "--data", str(root), "--output", str(out),
+                         "--tasks", "sst2"]) != 0
+    assert f"{out / 'sst2-lora'}: a finished run with lr = 0.003, but 0.01 was asked for" in capsys.readouterr().err
+    config.write_text(config.read_text().replace("lr = 1e-2", "lr = 3e-3"))
+
     # a run a time budget stopped is not finished: the next call resumes it rather than reusing it
     summary = json.loads((out / "sst2-lora" / "summary.json").read_text())
     (out / "sst2-lora" / "summary.json").write_text(json.dumps({**summary, "stopped_on_time_budget": True}))
@@ -301,7 +309,44 @@ def test_benchmark_glue_protocol_searches_then_seeds_both_methods(tmp_path: Path
     assert "--seeds repeats a seed: [0, 0]" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         lorakit_main([*args[:-1], "0,x"])
-    assert "--seeds: a comma-separated list of numbers, got '0,x'" in capsys.readouterr().err
+    assert "argument --seeds: comma-separated integers, e.g. 0,1,2; got '0,x'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        lorakit_main([*args[:-3], "0,1", *args[-2:]])  # a factor of 0
+    assert "argument --lr-factors: comma-separated numbers above 0" in capsys.readouterr().err
+    assert lorakit_main([*args[:-3], "1,1.0", *args[-2:]]) != 0
+    assert "--lr-factors repeats a factor" in capsys.readouterr().err
+
+
+def test_protocol_picks_the_best_finite_rate_and_averages_the_seeds(tmp_path: Path, monkeypatch) -> None:
+    """The selection rule on scripted scores: the best rate wherever it sits in the grid, the first of a tie,
+    never a NaN; the other seeds at the chosen rate; a missing score is an error naming the file."""
+    import lorakit.nlu.protocol as protocol
+
+    def scripted(scores: dict[tuple[str, int], float]):
+        def run_training(settings, folder):
+            key = (protocol.lr_tag(settings["lr"]), settings["seed"])
+            return {"run": str(folder), "scores": {} if scores[key] is None else {"matthews": scores[key]}}
+        return run_training
+
+    settings = {"task": "cola", "lr": 1e-3}
+    nan = float("nan")
+    monkeypatch.setattr(protocol, "run_training", scripted({("5e-4", 0): nan, ("1e-3", 0): 20.0, ("2e-3", 0): 30.0,
+                                                            ("2e-3", 1): 34.0, ("2e-3", 2): 26.0}))
+    row = protocol.search_then_seeds(settings, [0.5, 1, 2], [0, 1, 2], tmp_path)
+    assert row["lr"] == pytest.approx(2e-3) and row["edge_of_grid"]  # the last factor; the NaN first lost
+    assert [r["seed"] for r in row["runs"]] == [0, 1, 2] and row["runs"][1]["run"].endswith("cola-lora-2e-3-s1")
+    assert row["mean"] == pytest.approx(30.0) and row["stdev"] == pytest.approx(4.0)
+    monkeypatch.setattr(protocol, "run_training", scripted({("5e-4", 0): 25.0, ("1e-3", 0): 25.0, ("2e-3", 0): 5.0}))
+    row = protocol.search_then_seeds(settings, [1, 0.5, 2], [0], tmp_path)
+    assert row["lr"] == pytest.approx(1e-3) and not row["edge_of_grid"]  # a tie: the first factor given
+    assert row["stdev"] is None and "25.00 (1 seed)" in protocol.protocol_markdown(
+        {"seeds": [0], "lr_factors": [1, 0.5, 2], "rows": [row], "gaps": {}})
+    monkeypatch.setattr(protocol, "run_training", scripted({("1e-3", 0): None}))
+    with pytest.raises(ValueError, match=r"cola-lora-1e-3-s0/dev_scores\.json: no 'matthews' score"):
+        protocol.search_then_seeds(settings, [1], [0], tmp_path)
+    monkeypatch.setattr(protocol, "run_training", scripted({("1e-3", 0): nan}))
+    with pytest.raises(ValueError, match="every run of the learning-rate search scored matthews NaN"):
+        protocol.search_then_seeds(settings, [1], [0], tmp_path)
 
 
 def test_benchmark_sweep_command(tmp_path: Path, tiny_bert_dir: Path) -> None:

@@ -38,6 +38,7 @@ from lorakit.quant import (
     quantize_model,
     quantized_layers,
 )
+from lorakit.quant.model import describe as describe_quantized
 from lorakit.quant.model import quant_plan
 from lorakit.train import TrainConfig
 from lorakit.train.config import ConfigError
@@ -125,7 +126,7 @@ def test_formats_keep_their_precision_and_int8_stays_on_the_cpu(ids: torch.Tenso
 def test_a_mixed_plan_quantizes_only_the_named_layers_then_the_rest(ids: torch.Tensor) -> None:
     model = make("llama")
     kept = {"model.layers.0.mlp.down_proj", "lm_head"}
-    with pytest.raises(ValueError, match=r"'model\.layers\.0\.nope' is not a layer"):
+    with pytest.raises(ValueError, match=r"'model\.layers\.0\.nope' is not a layer left to quantize in bf16"):
         quantize_model(model, "bf16", only={"model.layers.0.nope", *kept})
     assert quant_mode(model) is None  # refused before any layer changed
     assert sorted(quantize_model(model, "bf16", only=kept).layers) == sorted(kept)
@@ -133,6 +134,7 @@ def test_a_mixed_plan_quantizes_only_the_named_layers_then_the_rest(ids: torch.T
     assert not kept & set(rest.layers) and len(rest.layers) == len(quant_plan(make("llama"), "int4")) - 1
     assert model.model.layers[0].mlp.down_proj.quant_mode == "bf16" and model.lm_head.quant_mode == "bf16"
     assert model.model.layers[0].mlp.up_proj.quant_mode == "int4"
+    assert re.match(r"\d+ linear layers in int4, 2 linear layers in bf16 \(", describe_quantized(model))
     assert logits(model, ids).isfinite().all()
 
 
@@ -380,6 +382,19 @@ def test_auto_picks_from_the_probe_and_caches_it(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(probe, "probe_key", lambda: "another CPU")  # another machine measures for itself
     monkeypatch.setattr(probe, "measure_modes", fake({"none": 10.0, "bf16": 20.0}))
     assert choose_mode() == "none" and len(calls) == 3
+
+
+def test_lorakit_train_prints_what_auto_resolved_to(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("LORAKIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(probe, "measure_modes", lambda *a, **k: {"none": 10.0, "bf16": 8.0})  # bf16 measured faster
+    write_e2e(tmp_path / "data", rows=16)
+    write_tiny_llama(tmp_path / "tiny-llama")
+    assert main(["train", "--task", "e2e", "--data", str(tmp_path / "data"), "--model", str(tmp_path / "tiny-llama"),
+                 "--output", str(tmp_path / "run"), "--quantize", "auto", "--batch-size", "8", "--max-steps", "2",
+                 "--samples", "0", "--save-every", "100"]) == 0
+    # before the first step, not only in summary.json at the end
+    assert re.search(r"trainable [\d,]+ / [\d,]+; base --quantize auto: \d+ linear layers in bf16",
+                     capsys.readouterr().out)
 
 
 def test_the_real_probe_measures_the_modes_it_can_run() -> None:

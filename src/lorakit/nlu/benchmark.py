@@ -8,6 +8,7 @@ benchmark can be stopped and started again. Sizes are measured on disk, times co
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import statistics
@@ -27,17 +28,42 @@ from ..train.logs import MetricsLog
 from .multitask import MultiTaskClassifier
 from .predict import load_classifier, predict_logits, to_predictions
 
+# settings that do not change what a run learns: a finished run with other values is still reusable
+NOT_LEARNED = frozenset({"output", "data", "log_every", "save_every", "keep_checkpoints", "samples", "eval_every",
+                         "eval_generate", "max_eval_examples", "eval_metric", "time_budget"})
+LORA_ONLY = frozenset({"lora_rank", "lora_alpha", "lora_dropout", "target_modules", "rslora"})
+
+
+def check_reusable(output: Path, config: TrainConfig) -> None:
+    """A finished run is reused by its folder: refuse it if it learned with other settings than ``config``'s
+    (another model, rate, seed, epochs...), rather than report it under the wrong ones."""
+    saved_path = output / "run_config.json"
+    if not saved_path.is_file():
+        return
+    saved = json.loads(saved_path.read_text())
+    for key, wanted in config.to_dict().items():
+        if key in NOT_LEARNED or (config.full_finetune and key in LORA_ONLY):
+            continue
+        have = saved.get(key)
+        same = (math.isclose(have, wanted, rel_tol=1e-9) if isinstance(have, float) and isinstance(wanted, float)
+                else have == wanted)
+        if not same:
+            raise ValueError(f"{output}: a finished run with {key} = {have!r}, but {wanted!r} was asked for: "
+                             "delete the folder to train it again, or choose another --output")
+
 
 def run_training(settings: dict[str, Any], output: Path) -> dict[str, Any]:
     """Train (or reuse, or resume) one run; returns its summary, dev scores and measured sizes."""
     done = output / "summary.json"
+    config = TrainConfig(**{**settings, "output": str(output), "samples": 0})
     # a run a time budget stopped is not done: it resumes (and its summary is written anew at its end)
     finished = done.is_file() and not json.loads(done.read_text()).get("stopped_on_time_budget")
-    if not finished:
+    if finished:
+        check_reusable(output, config)
+    else:
         resume = (output / "checkpoints").is_dir() and any((output / "checkpoints").iterdir())
         if output.exists() and not resume:
             shutil.rmtree(output)  # started but not even one checkpoint: nothing to keep
-        config = TrainConfig(**{**settings, "output": str(output), "samples": 0})
         output.mkdir(parents=True, exist_ok=True)
         config_path = output / "benchmark_config.json"
         config_path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -207,13 +208,21 @@ def _glue_protocol(args: argparse.Namespace, config: dict, tasks: list[str], out
     return 0
 
 
-def _number_list(kind: type, name: str):
-    def parse(text: str) -> list:
-        try:
-            return [kind(x) for x in text.split(",")]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}: a comma-separated list of numbers, got {text!r}") from None
-    return parse
+def _lr_factors(text: str) -> list[float]:
+    try:
+        factors = [float(x) for x in text.split(",")]
+    except ValueError:
+        factors = []
+    if not factors or not all(math.isfinite(f) and f > 0 for f in factors):
+        raise argparse.ArgumentTypeError(f"comma-separated numbers above 0, e.g. 0.5,1,2; got {text!r}")
+    return factors
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated integers, e.g. 0,1,2; got {text!r}") from None
 
 
 def _benchmark_sweep(args: argparse.Namespace) -> int:
@@ -246,10 +255,10 @@ def add_benchmark_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     glue.add_argument("--model", help="override the config's base model")
     glue.add_argument("--data", help="data folder (default: $LORAKIT_DATA)")
     glue.add_argument("--output", help="folder for the runs and the table (default: the config's output)")
-    glue.add_argument("--lr-factors", type=_number_list(float, "--lr-factors"), metavar="F,F,...",
+    glue.add_argument("--lr-factors", type=_lr_factors, metavar="F,F,...",
                       help="the dev protocol: search the config's learning rate times each factor (e.g. 0.5,1,2) "
                            "with the first seed, for each method alike; writes protocol.md and .json")
-    glue.add_argument("--seeds", type=_number_list(int, "--seeds"), metavar="S,S,...",
+    glue.add_argument("--seeds", type=_seeds, metavar="S,S,...",
                       help="the dev protocol's seeds (e.g. 0,1,2): the others train at the chosen rate; mean and "
                            "spread are reported")
     glue.set_defaults(func=_benchmark_glue)

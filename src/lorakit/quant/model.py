@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+from collections import Counter
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -71,7 +72,7 @@ def quantize_model(model: nn.Module, mode: QuantMode = "int8", *, head: bool | N
     targets = quant_plan(model, resolved, head=head, skip=skip)
     if only is not None:
         if unknown := sorted(set(only) - {path for path, _, _ in targets}):
-            raise ValueError(f"only: {unknown[0]!r} is not a layer quantize_model would quantize in {resolved}")
+            raise ValueError(f"only: {unknown[0]!r} is not a layer left to quantize in {resolved}")
         targets = [target for target in targets if target[0] in only]
     if stored is not None and (missing := [path for path, _, _ in targets if path not in stored]):
         raise ValueError(f"no stored weight for {len(missing)} layers, e.g. {missing[0]}")
@@ -157,7 +158,7 @@ def quantized_layers(model: nn.Module) -> Iterator[tuple[str, QuantizedLayer]]:
 
 
 def quant_mode(model: nn.Module) -> str | None:
-    """The mode of the model's quantized layers (None: none are)."""
+    """The mode of the model's quantized layers (None: none are; the first layer's for a mixed plan)."""
     return next((layer.quant_mode for _, layer in quantized_layers(model)), None)
 
 
@@ -167,7 +168,8 @@ def describe(model: nn.Module) -> str:
     if not layers:
         return "not quantized"
     size = sum(layer.qweight.nbytes for layer in layers) / 2**20
-    return f"{len(layers)} linear layers in {layers[0].quant_mode} ({size:.1f} MiB)"
+    modes = Counter(layer.quant_mode for layer in layers)  # several with a mixed plan (``only=``)
+    return f"{', '.join(f'{n} linear layers in {mode}' for mode, n in modes.most_common())} ({size:.1f} MiB)"
 
 
 def add_quantize_flag(parser) -> None:

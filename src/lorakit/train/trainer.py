@@ -379,8 +379,8 @@ class Trainer:
         if procs.main:
             atomic_write(self.output / "run_config.json", (json.dumps(config.to_dict(), indent=2) + "\n").encode())
             budget = f"; time budget {config.time_budget:g} s" if config.time_budget is not None else ""
-            base = f"; base --quantize {config.quantize}: {describe_quantized(self.model)}" \
-                if config.quantize != "none" else ""  # what auto resolved to, before the first step
+            base = (f"; base --quantize {config.quantize}: {describe_quantized(self.model)}"
+                    if config.quantize != "none" else "")  # what auto resolved to, before the first step
             print(f"{self.title}: {len(self.samples):,} examples, {self.total_steps} steps of {config.batch_size} on "
                   f"{procs.world_size} process(es), {self.device}; trainable {trainable:,} / {total:,}{budget}{base}")
         self.model.train()
