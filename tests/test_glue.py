@@ -15,6 +15,7 @@ from train_fixtures import write_tiny_bert
 
 from lorakit.cli import main as lorakit_main
 from lorakit.data import DataFormatError, load_glue
+from lorakit.data.glue import glue_spec
 from lorakit.metrics import glue_metric, glue_scores
 from lorakit.models import load_tokenizer
 from lorakit.nlu import evaluate_glue, load_classifier, predict_logits
@@ -269,24 +270,21 @@ def test_benchmark_glue_command(tmp_path: Path, tiny_bert_dir: Path, capsys) -> 
     assert not json.loads((out / "sst2-lora" / "summary.json").read_text())["stopped_on_time_budget"]
 
 
-def test_benchmark_glue_protocol_searches_then_seeds_both_methods(tmp_path: Path, tiny_bert_dir: Path,
-                                                                   capsys) -> None:
-    """--lr-factors/--seeds: the same search for LoRA and full fine-tuning, the other seeds at each one's best
-    rate, mean and spread from the runs' own dev scores; finished runs are reused."""
+def test_benchmark_glue_protocol_searches_then_seeds(tmp_path: Path, tiny_bert_dir: Path, capsys) -> None:
+    """--lr-factors/--seeds end to end (LoRA; both methods on scripted scores below): the other seed at the
+    best rate, mean and spread from the runs' own dev scores; finished runs are reused."""
     root, config = _benchmark_setup(tmp_path, tiny_bert_dir)
     out = tmp_path / "protocol"
     args = ["benchmark", "glue", "--config", str(config), "--data", str(root), "--output", str(out), "--tasks",
-            "sst2,qqp", "--full", "--lr-factors", "0.5,2", "--seeds", "0,1"]
+            "sst2,qqp", "--lr-factors", "0.5,2", "--seeds", "0,1"]
     assert lorakit_main(args) == 0
     result = json.loads((out / "protocol.json").read_text())
     assert result["skipped"] == ["qqp"] and result["seeds"] == [0, 1]
     chosen = {r["method"]: lr_tag(r["lr"]) for r in result["rows"]}
     assert {p.name for p in out.iterdir() if p.is_dir()} == {  # one folder per run, named by its settings
-        "sst2-lora-1.5e-3-s0", "sst2-lora-6e-3-s0", f"sst2-lora-{chosen['lora']}-s1",
-        "sst2-full-5e-4-s0", "sst2-full-2e-3-s0", f"sst2-full-{chosen['full']}-s1"}
+        "sst2-lora-1.5e-3-s0", "sst2-lora-6e-3-s0", f"sst2-lora-{chosen['lora']}-s1"}
     for row in result["rows"]:
-        base = 3e-3 if row["method"] == "lora" else 1e-3  # the config's rates
-        assert [s["lr"] for s in row["search"]] == pytest.approx([base * 0.5, base * 2])
+        assert [s["lr"] for s in row["search"]] == pytest.approx([3e-3 * 0.5, 3e-3 * 2])  # the config's rate
         best = max(row["search"], key=lambda s: s["score"])
         assert row["lr"] == best["lr"] and row["runs"][0]["run"] == best["run"]
         seed1 = Path(row["runs"][1]["run"])
@@ -296,10 +294,8 @@ def test_benchmark_glue_protocol_searches_then_seeds_both_methods(tmp_path: Path
         scores = [json.loads((Path(r["run"]) / "dev_scores.json").read_text())["accuracy"] for r in row["runs"]]
         assert row["mean"] == pytest.approx(sum(scores) / 2)
         assert row["stdev"] == pytest.approx(abs(scores[0] - scores[1]) / 2**0.5)  # the sample sd of two
-    means = {r["method"]: r["mean"] for r in result["rows"]}
-    assert result["gaps"]["sst2"]["lora_minus_full"] == pytest.approx(means["lora"] - means["full"])
-    table = (out / "protocol.md").read_text()
-    assert "| sst2 (accuracy) | LoRA | 1.5e-3 -> " in table and "| sst2 | " in table
+    assert result["gaps"] == {}  # no full fine-tuning asked for
+    assert "| sst2 (accuracy) | LoRA | 1.5e-3 -> " in (out / "protocol.md").read_text()
 
     stamps = {p: (p / "summary.json").stat().st_mtime_ns for p in out.iterdir() if p.is_dir()}
     assert lorakit_main(args) == 0  # everything finished: nothing trains again
@@ -347,6 +343,19 @@ def test_protocol_picks_the_best_finite_rate_and_averages_the_seeds(tmp_path: Pa
     monkeypatch.setattr(protocol, "run_training", scripted({("1e-3", 0): nan}))
     with pytest.raises(ValueError, match="every run of the learning-rate search scored matthews NaN"):
         protocol.search_then_seeds(settings, [1], [0], tmp_path)
+
+    # both methods: each its own search from its own rate, then LoRA's mean minus full fine-tuning's
+    root = write_sentiment(tmp_path / "data", train=4, dev=2)
+    config = {"data": str(root), "lora": {"lr": 1e-3}, "full": {"lr": 1e-4}}
+    monkeypatch.setattr(protocol, "run_training", scripted({("1e-3", 0): 80.0, ("2e-3", 0): 82.0, ("2e-3", 1): 84.0,
+                                                            ("1e-4", 0): 85.0, ("2e-4", 0): 84.0, ("1e-4", 1): 83.5}))
+    monkeypatch.setattr(protocol, "glue_spec", lambda task: glue_spec("cola"))  # the scripts score matthews
+    result = protocol.glue_protocol(config, ["sst2", "qqp"], tmp_path, True, [1, 2], [0, 1])
+    assert result["skipped"] == ["qqp"] and [(r["method"], r["lr"]) for r in result["rows"]] == [
+        ("lora", pytest.approx(2e-3)), ("full", pytest.approx(1e-4))]
+    assert result["gaps"]["sst2"]["lora_minus_full"] == pytest.approx(83.0 - 84.25)
+    assert result["gaps"]["sst2"]["at_most_a_point_behind"] is False
+    assert "| sst2 | -1.25 | no |" in protocol.protocol_markdown(result)
 
 
 def test_benchmark_sweep_command(tmp_path: Path, tiny_bert_dir: Path) -> None:
