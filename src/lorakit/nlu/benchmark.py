@@ -107,13 +107,19 @@ def settings_for(config: dict[str, Any], task: str, method: str) -> dict[str, An
 # ------------------------------------------------------------------------------------------------ glue
 
 
-def benchmark_glue(config: dict[str, Any], tasks: list[str], output: Path, full: bool,
-                   switch_repeats: int = 200) -> dict[str, Any]:
-    root = config.get("data")
+def trainable_tasks(tasks: list[str], root: str | None) -> tuple[list[str], list[str]]:
+    """(tasks with train and dev files under ``root``, the others: said, then skipped rather than failed)."""
     available = [t for t in tasks if glue_file(t, "train", root).is_file() and glue_file(t, "dev", root).is_file()]
     skipped = [t for t in tasks if t not in available]
     if skipped:
         print(f"skipping {', '.join(skipped)}: no train and dev files under {data_root(root) / 'glue'}")
+    return available, skipped
+
+
+def benchmark_glue(config: dict[str, Any], tasks: list[str], output: Path, full: bool,
+                   switch_repeats: int = 200) -> dict[str, Any]:
+    root = config.get("data")
+    available, skipped = trainable_tasks(tasks, root)
     methods = ["lora", "full"] if full else ["lora"]
     rows = []
     for task in available:

@@ -202,8 +202,6 @@ def _glue_protocol(args: argparse.Namespace, config: dict, tasks: list[str], out
     output.mkdir(parents=True, exist_ok=True)
     (output / "protocol.md").write_text(table + "\n")
     (output / "protocol.json").write_text(json.dumps(result, indent=2) + "\n")
-    if result["skipped"]:
-        print(f"skipped {', '.join(result['skipped'])}: no train and dev files")
     print("\n" + table + f"\n\nwrote {output}/protocol.md, protocol.json")
     return 0
 

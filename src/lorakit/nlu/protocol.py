@@ -17,9 +17,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from ..data.glue import glue_file, glue_spec
+from ..data.glue import glue_spec
 from ..train.config import TrainConfig
-from .benchmark import run_training, settings_for
+from .benchmark import run_training, settings_for, trainable_tasks
 
 
 def lr_tag(lr: float) -> str:
@@ -70,8 +70,7 @@ def glue_protocol(config: dict[str, Any], tasks: list[str], output: Path, full: 
         raise ValueError(f"--lr-factors repeats a factor: {lr_factors}")
     if not all(math.isfinite(f) and f > 0 for f in lr_factors):
         raise ValueError(f"--lr-factors must be finite and above 0, got {lr_factors}")
-    root = config.get("data")
-    available = [t for t in tasks if glue_file(t, "train", root).is_file() and glue_file(t, "dev", root).is_file()]
+    available, skipped = trainable_tasks(tasks, config.get("data"))
     methods = ["lora", "full"] if full else ["lora"]
     rows = [search_then_seeds(settings_for(config, task, method), lr_factors, seeds, output)
             for task in available for method in methods]
@@ -82,7 +81,7 @@ def glue_protocol(config: dict[str, Any], tasks: list[str], output: Path, full: 
             gap = by_method["lora"]["mean"] - by_method["full"]["mean"]
             gaps[task] = {"lora_minus_full": gap, "at_most_a_point_behind": gap >= -1.0}
     return {"lr_factors": lr_factors, "seeds": seeds, "rows": rows, "gaps": gaps,
-            "skipped": [t for t in tasks if t not in available]}
+            "skipped": skipped}
 
 
 def protocol_markdown(result: dict[str, Any]) -> str:
