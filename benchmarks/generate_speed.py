@@ -54,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hf-beam-inputs", type=int, default=None, help="beam: dev inputs for HF (default: same; 0 skips)")
     p.add_argument("--beam-batch-size", type=int, default=16, help="beam: inputs per batch (x10 rows)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--device", default="cpu", help="where both sides run: cpu (default), cuda, ...")
     p.add_argument("--quick", action="store_true", help="a 1-2 minute smoke run: batch 8, 16 tokens, 8 beam inputs")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
@@ -85,8 +86,8 @@ def build_model(name: str, seed: int = 0, adapter: str | None = None, dtype: str
 def hf_generate(model, rows: list[list[int]], pad: int, eos: int, **kwargs) -> list[list[int]]:
     """HF ``generate`` on one left-padded batch; new tokens up to and including the first EOS."""
     width = max(map(len, rows))
-    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=model.device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=model.device)
     with torch.inference_mode():
         out = model.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad, eos_token_id=eos, **kwargs)
     new = out[:, width:].tolist()
@@ -183,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {describe()}; torch threads={torch.get_num_threads()}; python {platform.python_version()}, "
           f"transformers {transformers.__version__}; load average {os.getloadavg()}", flush=True)
     model, tokenizer = build_model(args.model, adapter=args.adapter, dtype=args.dtype)
-    print(f"model: {args.model} ({args.dtype}) + {args.adapter or 'fresh r=8 q_proj/v_proj LoRA, B ~ N(0, 0.01)'}")
+    model.to(args.device)  # the outputs come back as lists, so every timed call ends synchronised
+    adapter = args.adapter or "fresh r=8 q_proj/v_proj LoRA, B ~ N(0, 0.01)"
+    print(f"model: {args.model} ({args.dtype}, {args.device}) + {adapter}")
     task = get_task("e2e")
     sources = [task.prompt(ex.source) for ex in task.examples("dev", args.data)]
     prompts = tokenizer(sources, add_special_tokens=False)["input_ids"]

@@ -54,7 +54,6 @@ import torch
 
 from lorakit.decode import DecodeConfig, generate
 from lorakit.hardware import describe
-from lorakit.metrics.training import training_scores
 from lorakit.models import load_model
 from lorakit.recipes import setup as recipe_setup
 from lorakit.recipes.finetune import subset
@@ -154,6 +153,8 @@ def dev_scores(model: torch.nn.Module, tokenizer, args: argparse.Namespace) -> d
     started = time.perf_counter()
     outputs = generate(model, tokenizer, [task.prompt(ex.source) for ex in examples],
                        DecodeConfig(max_new_tokens=96), batch_size=16, progress=False)
+    from lorakit.metrics.training import training_scores  # the metrics extra: only with --score-dev
+
     scores = training_scores("e2e", outputs, [list(ex.references) for ex in examples])
     return {"dev_inputs": len(examples), "dev_scores": scores, "decode_s": time.perf_counter() - started}
 

@@ -147,3 +147,12 @@ def test_rerank_e2e(tiny_model, tmp_path):
             assert re.search(rf"^\| 2 \| {lp} \| {pick} \| \d\.\d{{4}} \| .* \| \d+\.\d\d \|", out, re.M), out
             assert len((tmp_path / "out" / f"beam2-lp{lp}-{pick.replace(' ', '-')}.txt").read_text().splitlines()) == 3
     assert re.search(r"^reranked 3 n-best lists by slot errors: \d picks changed", out, re.M), out
+
+
+def test_gpu_check_library_checks_run_on_the_cpu(tmp_path):
+    """The GPU check (docs/gpu.md) runs by hand on a lent GPU; its in-process checks run here on the CPU so that
+    the script keeps working (its CLI checks repeat what test_train*, test_decode and test_serve* cover)."""
+    out = run_benchmark("gpu_check.py", "--only", "layers", "quantized", "routing", "decoding", "probe",
+                        "--json", str(tmp_path / "check.json"), cwd=tmp_path)
+    assert re.search(r"^6/6 checks passed or skipped$", out, re.M), out
+    assert re.search(r"^PASS quantize auto: .*auto -> (none|bf16); .*int8 \d", out, re.M), out

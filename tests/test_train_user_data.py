@@ -204,6 +204,28 @@ def test_eval_every_without_validation_data_is_an_error_before_training(workspac
     assert not (tmp_path / "run").exists()
 
 
+def test_a_missing_metrics_extra_is_refused_before_the_first_step(workspace, tmp_path, capsys, monkeypatch):
+    """Found on the GPU machine: without pycocoevalcap, --eval-generate used to fail at the first evaluation,
+    after training; a labelled file's evaluation needs scikit-learn and scipy the same way."""
+    import importlib.util
+
+    import lorakit.metrics as metrics
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(metrics.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "pycocoevalcap" else find_spec(name, *a))
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(workspace / "e2e-train.jsonl"), "--eval-data", str(workspace / "e2e-dev.jsonl"),
+                 "--eval-every", "2", "--eval-generate", "4", *_common(workspace, run)]) == 2
+    err = capsys.readouterr().err
+    assert "--eval-generate needs the metrics extra (pycocoevalcap not installed): pip install 'lorakit[metrics]'" \
+        in err, err
+    assert not (run / "log.jsonl").exists() and not (run / "checkpoints").exists()
+    # loss-only evaluation needs no metrics: the same run without --eval-generate trains
+    assert main(["train", "--data", str(workspace / "e2e-train.jsonl"), "--eval-data", str(workspace / "e2e-dev.jsonl"),
+                 "--eval-every", "5", *_common(workspace, tmp_path / "loss-only")]) == 0
+
+
 def test_an_existing_run_is_refused_before_anything_loads(tmp_path, capsys):
     """The model named does not exist: the refusal must come first, not after loading and tokenising."""
     run = tmp_path / "run"

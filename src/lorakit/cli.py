@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
+    except (OSError, ValueError, RuntimeError, KeyError, ImportError) as err:
         print(f"lorakit {args.command}: error: {err}", file=sys.stderr)
         return 2
 

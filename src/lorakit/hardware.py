@@ -39,6 +39,12 @@ def cpu_flags() -> list[str]:
     return [f for f in _FLAGS if f in flags]
 
 
+def pick_device(name: str | None = None) -> torch.device:
+    """The device asked for (``--device``), else the GPU when there is one: where train, generate, predict,
+    serve and the ``quantize="auto"`` probe run."""
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def describe() -> str:
     """One line: CPU model, usable cores, vector extensions, torch build and GPU if any."""
     try:

@@ -221,6 +221,7 @@ def load_for_generation(model_name: str, adapters: list[str], merge: bool, devic
 
     import lorakit
 
+    from ..hardware import pick_device
     from ..models import load_model
     from ..quant import describe, quant_mode
 
@@ -237,8 +238,7 @@ def load_for_generation(model_name: str, adapters: list[str], merge: bool, devic
             lorakit.merge_adapters(model)
         except RuntimeError as err:  # a weight shared with another module (tied) cannot take a merge
             print(f"not merging: {err}", file=sys.stderr)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval(), tokenizer
+    return model.to(pick_device(device)).eval(), tokenizer
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:

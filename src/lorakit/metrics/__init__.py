@@ -12,7 +12,10 @@ command line imports :mod:`lorakit.metrics.cli` to build its parser even when th
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
+
+EXTRA_MODULES = ("pycocoevalcap", "sacrebleu", "scipy", "sklearn")  # the ``metrics`` extra
 
 _WHERE = {
     "E2E_METRICS": "e2e", "e2e_scores": "e2e", "evaluate_predictions": "evaluate", "write_references": "evaluate",
@@ -26,7 +29,15 @@ _WHERE = {
     "WEBNLG_METRICS": "webnlg", "dart_scores": "webnlg", "webnlg_scores": "webnlg",
     "webnlg_scores_by_category": "webnlg",
 }
-__all__ = sorted(_WHERE)
+__all__ = sorted([*_WHERE, "require_metrics"])
+
+
+def require_metrics(setting: str, modules: tuple[str, ...] = EXTRA_MODULES) -> None:
+    """Refuse ``setting`` at once when the part of the ``metrics`` extra it scores with is missing, so that a
+    run does not train for an hour and then fail at its first evaluation."""
+    if missing := [name for name in modules if importlib.util.find_spec(name) is None]:
+        raise ImportError(f"{setting} needs the metrics extra ({', '.join(missing)} not installed): "
+                          "pip install 'lorakit[metrics]'")
 
 
 def __getattr__(name: str) -> Any:

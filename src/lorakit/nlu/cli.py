@@ -39,10 +39,12 @@ def _predict(args: argparse.Namespace) -> int:
         return _predict_user(args)
     if args.columns is not None:
         raise ValueError("--columns applies to your own --data file, not to --task")
+    from ..hardware import pick_device
     from ..metrics.glue import glue_scores
     from .predict import load_classifier, predict, write_predictions
 
     model, tokenizer = load_classifier(args.model, args.task, args.adapter, args.quantize)
+    model.to(pick_device(args.device))
     if args.input:
         examples = read_inputs(args.input)
     elif args.text:
@@ -74,6 +76,7 @@ def _predict_user(args: argparse.Namespace) -> int:
     ``--text``; one label name per line; accuracy, macro F1 and Matthews when the file has labels."""
     from ..data.user import load_user_data
     from ..files import atomic_write
+    from ..hardware import pick_device
     from .predict import load_user_classifier, output_names, predict_user_logits, user_predictions
 
     given = [flag for flag, value in (("--data", args.data), ("--input", args.input), ("--text", args.text)) if value]
@@ -95,6 +98,7 @@ def _predict_user(args: argparse.Namespace) -> int:
     else:
         texts, pairs = list(args.text), None
     model, tokenizer, names = load_user_classifier(args.model, args.adapter, args.quantize)
+    model.to(pick_device(args.device))
     if names is None:
         where = args.adapter or args.model
         print(f"lorakit predict: warning: no labels.json in {where}: outputs are named by the model config's "
@@ -168,6 +172,7 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--output", help="write predictions here, one per line (default: print them beside the inputs)")
     p.add_argument("--glue-submission", action="store_true", help="write GLUE's index<TAB>prediction format")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--max-length", type=int, default=256, help="without --task: tokens per input (default: 256)")
     p.add_argument("--truncation", choices=["right", "left"], default="right",
                    help="without --task: which end of a longer input is cut (default: right)")

@@ -10,8 +10,10 @@ agreement for bf16). int8 is measured and cached too, as it is the fastest kerne
 activation rounding changes SmolLM2's outputs (52% top-1 agreement), and the 4-bit modes dequantize
 before an fp32 matmul (never faster): those are asked for by name. bf16 must beat fp32 by ``MARGIN``.
 
-The result is cached in ``$LORAKIT_HOME/quant-probe.json`` (default ``~/.cache/lorakit``), keyed by CPU
-model, vector extensions, torch version and thread count; ``choose_mode(refresh=True)`` measures again.
+On a machine with a GPU the probe runs on the GPU, where ``train``, ``generate`` and ``serve`` put the model
+(int8 is the CPU's kernel and is left out there). The result is cached in ``$LORAKIT_HOME/quant-probe.json``
+(default ``~/.cache/lorakit``), keyed by CPU model, vector extensions, torch version and thread count, or by
+the GPU's name and torch version; ``choose_mode(refresh=True)`` measures again.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 import torch
 
 from ..files import atomic_write
-from ..hardware import cpu_flags, cpu_model
+from ..hardware import cpu_flags, cpu_model, pick_device
 from .formats import FORMATS
 
 CANDIDATES: tuple[str, ...] = ("none", "bf16", "int8")  # measured
@@ -36,8 +38,12 @@ MARGIN = 0.10  # a quantized mode is picked only when at least 10% faster than f
 CACHE_NAME = "quant-probe.json"
 
 
-def probe_key() -> str:
-    """What the ranking depends on: the CPU, its vector extensions, PyTorch and the threads it uses."""
+def probe_key(device: torch.device | None = None) -> str:
+    """What the ranking depends on: the CPU, its vector extensions, PyTorch and the threads it uses; on a GPU,
+    the GPU's name and PyTorch."""
+    device = pick_device(device)
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} | torch {torch.__version__}"
     return f"{cpu_model()} | {' '.join(cpu_flags())} | torch {torch.__version__} | {torch.get_num_threads()} threads"
 
 
@@ -48,12 +54,13 @@ def cache_path() -> Path:
 
 
 def measure_modes(modes: tuple[str, ...] = CANDIDATES, rows: int = 8, rounds: int = 7,
-                  calls: int = 5) -> dict[str, float]:
-    """Milliseconds for one pass over ``SHAPES`` per mode (median of ``rounds``); a mode this build or CPU
-    cannot run is left out."""
+                  calls: int = 5, device: torch.device | str = "cpu") -> dict[str, float]:
+    """Milliseconds for one pass over ``SHAPES`` per mode on ``device`` (median of ``rounds``); a mode this
+    build or device cannot run (int8 off the CPU) is left out."""
     gen = torch.Generator().manual_seed(0)
-    weights = [torch.randn(o, i, generator=gen) * i ** -0.5 for o, i in SHAPES]
-    inputs = [torch.randn(rows, i, generator=gen) for _, i in SHAPES]
+    weights = [(torch.randn(o, i, generator=gen) * i ** -0.5).to(device) for o, i in SHAPES]
+    inputs = [torch.randn(rows, i, generator=gen).to(device) for _, i in SHAPES]
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     kernels = {}
     for mode in modes:
         try:
@@ -65,10 +72,12 @@ def measure_modes(modes: tuple[str, ...] = CANDIDATES, rows: int = 8, rounds: in
     with torch.inference_mode():
         for _ in range(rounds + 1):  # the first round warms up (allocations, kernel choice) and is dropped
             for mode, fns in kernels.items():
+                sync()
                 start = time.perf_counter()
                 for _ in range(calls):
                     for fn, x in zip(fns, inputs, strict=True):
                         fn(x)
+                sync()
                 times[mode].append((time.perf_counter() - start) / calls * 1e3)
     return {m: statistics.median(t[1:]) for m, t in times.items()}
 
@@ -81,9 +90,11 @@ def pick(ms: dict[str, float]) -> str:
     return best
 
 
-def choose_mode(refresh: bool = False) -> str:
-    """The mode ``auto`` stands for here: from the cache, else measured (about a second) and cached."""
-    path, key = cache_path(), probe_key()
+def choose_mode(refresh: bool = False, device: torch.device | str | None = None) -> str:
+    """The mode ``auto`` stands for on ``device`` (default: the GPU if any, else the CPU): from the cache, else
+    measured (about a second) and cached."""
+    device = pick_device(device)
+    path, key = cache_path(), probe_key(device)
     try:
         cache = json.loads(path.read_text())
         if not isinstance(cache, dict):
@@ -93,7 +104,7 @@ def choose_mode(refresh: bool = False) -> str:
     entry = cache.get(key)
     if not refresh and isinstance(entry, dict) and entry.get("mode") in AUTO_MODES:
         return entry["mode"]
-    ms = measure_modes()
+    ms = measure_modes(device=device)
     mode = pick(ms)
     cache[key] = {"mode": mode, "ms": {m: round(v, 4) for m, v in ms.items()},
                   "measured": datetime.now(UTC).isoformat(timespec="seconds")}

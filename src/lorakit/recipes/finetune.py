@@ -22,6 +22,7 @@ from .. import lora
 from ..data.chat import CHAT_TEMPLATE_NAME
 from ..data.user import PreparedData, prepare_data
 from ..decode import generate, preset
+from ..metrics import require_metrics
 from ..metrics.evaluate import REGRESSION_METRICS, classification_scores, text_scores
 from ..metrics.glue import glue_metric
 from ..metrics.labels import LABELS_NAME
@@ -30,6 +31,8 @@ from ..tasks import Task, get_task, head_modules
 from ..train import CausalLMLoss, SequenceClassificationLoss, TrainConfig, Trainer
 from ..train.batching import ClassificationSample, Sample
 from ..train.evaluation import Evaluation
+
+LABEL_METRICS = ("scipy", "sklearn")  # accuracy, F1, Matthews, Pearson, Spearman (no pycocoevalcap, sacrebleu)
 
 
 @dataclass
@@ -128,6 +131,10 @@ def _setup_task(config: TrainConfig, model: nn.Module | None, tokenizer) -> Part
 def _task_evaluation(config: TrainConfig, task: Task, tokenizer) -> Evaluation:
     """The dev split: its loss, GLUE's metrics, or greedy outputs on ``eval_generate`` inputs scored with
     the task's metrics."""
+    if task.model_kind == "sequence-classification":
+        require_metrics(f"evaluating {task.name} while training", LABEL_METRICS)
+    elif config.eval_generate:
+        require_metrics("--eval-generate")
     samples = subset(task.eval_samples(tokenizer, config.data, config.max_length), config.max_eval_examples,
                      config.seed)
     if task.model_kind == "sequence-classification":
@@ -193,6 +200,10 @@ def _user_evaluation(config: TrainConfig, prepared: PreparedData, tokenizer) -> 
     assert prepared.eval is not None
     samples = subset(prepared.eval, config.max_eval_examples, config.seed)
     labels = prepared.labels
+    if labels is not None:
+        require_metrics("evaluating a labelled file while training", LABEL_METRICS)
+    elif config.eval_generate:
+        require_metrics("--eval-generate")
     if labels is not None:
         if labels.regression:
             def score(outputs: list[float], gold: list[float]) -> dict[str, float]:

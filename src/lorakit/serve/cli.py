@@ -69,6 +69,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
 
+    from ..hardware import pick_device
     from ..models import load_model
     from ..quant import describe
     from .app import create_app
@@ -86,8 +87,7 @@ def run_serve(args: argparse.Namespace) -> int:
                                   dtype=getattr(torch, args.dtype), quantize=args.quantize, **extra)
     if args.quantize != "none":
         print(f"--quantize {args.quantize}: {describe(model)}", file=sys.stderr)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = model.to(device).eval()
+    model = model.to(pick_device(args.device)).eval()
     engine = build_engine(model, tokenizer, args.adapters, max_loaded=args.max_loaded, max_batch=args.max_batch,
                           max_queue=args.max_queue)
     print(f"serving {args.model} ({kind}) with adapters from {engine.registry.root} "
