@@ -224,6 +224,12 @@ def test_a_missing_metrics_extra_is_refused_before_the_first_step(workspace, tmp
     # loss-only evaluation needs no metrics: the same run without --eval-generate trains
     assert main(["train", "--data", str(workspace / "e2e-train.jsonl"), "--eval-data", str(workspace / "e2e-dev.jsonl"),
                  "--eval-every", "5", *_common(workspace, tmp_path / "loss-only")]) == 0
+    # a GLUE run always ends with its dev scores (scikit-learn, scipy): refused before the model even loads
+    monkeypatch.setattr(metrics.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "sklearn" else find_spec(name, *a))
+    assert main(["train", "--task", "sst2", "--model", str(tmp_path / "no-such-model"),
+                 "--output", str(tmp_path / "glue")]) == 2
+    assert "sst2's dev scores needs the metrics extra (sklearn not installed)" in capsys.readouterr().err
 
 
 def test_an_existing_run_is_refused_before_anything_loads(tmp_path, capsys):

@@ -117,6 +117,10 @@ def _loss(model: nn.Module, kind: str, config: TrainConfig) -> nn.Module:
 
 def _setup_task(config: TrainConfig, model: nn.Module | None, tokenizer) -> Parts:
     task = get_task(config.task or "e2e")
+    if task.model_kind == "sequence-classification":  # a GLUE run ends with its dev scores (lorakit train)
+        require_metrics(f"{task.name}'s dev scores", LABEL_METRICS)
+    elif config.eval_every and config.eval_generate:
+        require_metrics("--eval-generate")
     if model is None:
         model, tokenizer = load_model(config.model, task.model_kind, num_labels=task.num_labels,
                                       quantize=config.base_quantize)
@@ -131,10 +135,6 @@ def _setup_task(config: TrainConfig, model: nn.Module | None, tokenizer) -> Part
 def _task_evaluation(config: TrainConfig, task: Task, tokenizer) -> Evaluation:
     """The dev split: its loss, GLUE's metrics, or greedy outputs on ``eval_generate`` inputs scored with
     the task's metrics."""
-    if task.model_kind == "sequence-classification":
-        require_metrics(f"evaluating {task.name} while training", LABEL_METRICS)
-    elif config.eval_generate:
-        require_metrics("--eval-generate")
     samples = subset(task.eval_samples(tokenizer, config.data, config.max_length), config.max_eval_examples,
                      config.seed)
     if task.model_kind == "sequence-classification":
