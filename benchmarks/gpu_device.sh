@@ -3,7 +3,7 @@
 # machine whose python3 has PyTorch (CUDA) and transformers, and no network. Prepared on a machine that has
 # the packages (see docs/gpu.md): .gpu/assets (tokenizers, SmolLM2's config), .gpu/data/e2e (E2E train and
 # dev CSVs, a copy that is never committed) and .whl (wheels of what that python3 lacks). $OUT: results.
-set -u
+set -uo pipefail
 OUT=${OUT:-gpu-results}; mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1

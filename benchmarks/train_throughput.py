@@ -54,6 +54,7 @@ import torch
 
 from lorakit.decode import DecodeConfig, generate
 from lorakit.hardware import describe
+from lorakit.metrics import GENERATION_METRICS, require_metrics
 from lorakit.models import load_model
 from lorakit.recipes import setup as recipe_setup
 from lorakit.recipes.finetune import subset
@@ -153,7 +154,7 @@ def dev_scores(model: torch.nn.Module, tokenizer, args: argparse.Namespace) -> d
     started = time.perf_counter()
     outputs = generate(model, tokenizer, [task.prompt(ex.source) for ex in examples],
                        DecodeConfig(max_new_tokens=96), batch_size=16, progress=False)
-    from lorakit.metrics.training import training_scores  # the metrics extra: only with --score-dev
+    from lorakit.metrics.training import training_scores  # the metrics extra, checked in main
 
     scores = training_scores("e2e", outputs, [list(ex.references) for ex in examples])
     return {"dev_inputs": len(examples), "dev_scores": scores, "decode_s": time.perf_counter() - started}
@@ -464,6 +465,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.score_dev and not args.worker:  # scored after every worker has trained: refuse before, not then
+        require_metrics("--score-dev", GENERATION_METRICS)
     if args.worker:
         worker(args)
         return 0

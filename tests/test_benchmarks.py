@@ -8,6 +8,7 @@ their numbers: the models are random or the inputs few, and the timings are mean
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -152,7 +153,9 @@ def test_rerank_e2e(tiny_model, tmp_path):
 def test_gpu_check_library_checks_run_on_the_cpu(tmp_path):
     """The GPU check (docs/gpu.md) runs by hand on a lent GPU; its in-process checks run here on the CPU so that
     the script keeps working (its CLI checks repeat what test_train*, test_decode and test_serve* cover)."""
-    out = run_benchmark("gpu_check.py", "--only", "layers", "quantized", "routing", "decoding", "probe",
-                        "--json", str(tmp_path / "check.json"), cwd=tmp_path)
+    out = run_benchmark("gpu_check.py", "--device", "cpu", "--only", "layers", "quantized", "routing", "decoding",
+                        "probe", "--json", str(tmp_path / "check.json"), cwd=tmp_path)
     assert re.search(r"^6/6 checks passed or skipped$", out, re.M), out
-    assert re.search(r"^PASS quantize auto: .*auto -> (none|bf16); .*int8 \d", out, re.M), out
+    assert re.search(r"^PASS quantize auto: .*auto -> (none|bf16); ms per decode-step pass: none \d", out, re.M), out
+    results = json.loads((tmp_path / "check.json").read_text())["results"]
+    assert [r["status"] for r in results] == ["PASS"] * 6, results

@@ -23,6 +23,7 @@ import lorakit.quant.probe as probe
 from lorakit import LoraConfig
 from lorakit.adapters.io import read_adapter
 from lorakit.cli import build_parser, main
+from lorakit.hardware import resolve_device
 from lorakit.lora.routing import attach_routed, plan_routed_adapter
 from lorakit.models import load_model
 from lorakit.quant import (
@@ -379,9 +380,48 @@ def test_auto_picks_from_the_probe_and_caches_it(tmp_path, monkeypatch) -> None:
     assert choose_mode(refresh=True) == "none" and len(calls) == 2  # within the 10% margin: fp32
     model = make("llama")
     assert quantize_model(model, "auto").mode == "none" and quant_mode(model) is None
-    monkeypatch.setattr(probe, "probe_key", lambda: "another CPU")  # another machine measures for itself
+    monkeypatch.setattr(probe, "probe_key", lambda *a, **k: "another CPU")  # another machine measures for itself
     monkeypatch.setattr(probe, "measure_modes", fake({"none": 10.0, "bf16": 20.0}))
     assert choose_mode() == "none" and len(calls) == 3
+
+
+def test_auto_measures_where_the_model_will_run(tmp_path, monkeypatch) -> None:
+    """With a GPU, auto is decided on the GPU (the default device), keyed by its name; --device cpu still
+    measures the CPU; an int8 base stays on the CPU unless a device is named."""
+    monkeypatch.setenv("LORAKIT_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    seen = []
+
+    def measure(*args, device="cpu", **kwargs):
+        seen.append(torch.device(device))
+        return {"none": 1.0, "bf16": 2.0} if torch.device(device).type == "cuda" else {"none": 10.0, "bf16": 5.0}
+
+    monkeypatch.setattr(probe, "measure_modes", measure)
+    assert choose_mode() == "none" and seen == [torch.device("cuda", 0)]
+    assert choose_mode(device="cpu") == "bf16" and seen[-1] == torch.device("cpu")
+    cache = json.loads((tmp_path / probe.CACHE_NAME).read_text())
+    assert cache["Fake GPU | torch " + torch.__version__]["mode"] == "none"
+    assert cache[probe.probe_key("cpu")]["mode"] == "bf16"
+    assert quantize_model(make("llama"), "auto", device="cpu").mode == "bf16" and len(seen) == 2  # cached
+    monkeypatch.setenv("LORAKIT_HOME", str(tmp_path / "other"))
+    monkeypatch.setenv("LOCAL_RANK", "1")  # torchrun: this process's GPU
+    assert choose_mode() == "none" and seen[-1] == torch.device("cuda", 1)
+    assert resolve_device(None, quantize="int8") == torch.device("cpu")
+    assert resolve_device("cpu", quantize="bf16") == torch.device("cpu")
+
+
+def test_a_gpu_that_is_not_there_and_int8_training_on_a_gpu_are_refused(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"--device cuda: this PyTorch .* sees no CUDA GPU"):
+        resolve_device("cuda")
+    assert resolve_device(None) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    run = tmp_path / "run"
+    assert main(["train", "--model", str(tmp_path / "no-model"), "--quantize", "int8", "--output", str(run)]) == 2
+    assert "quantize int8 is a CPU kernel (PyTorch's fbgemm) and training runs on this machine's GPU" \
+        in capsys.readouterr().err
+    assert not run.exists()
 
 
 def test_lorakit_train_prints_what_auto_resolved_to(tmp_path, monkeypatch, capsys) -> None:

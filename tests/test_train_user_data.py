@@ -206,14 +206,8 @@ def test_eval_every_without_validation_data_is_an_error_before_training(workspac
 
 def test_a_missing_metrics_extra_is_refused_before_the_first_step(workspace, tmp_path, capsys, monkeypatch):
     """Found on the GPU machine: without pycocoevalcap, --eval-generate used to fail at the first evaluation,
-    after training; a labelled file's evaluation needs scikit-learn and scipy the same way."""
-    import importlib.util
-
-    import lorakit.metrics as metrics
-
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(metrics.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "pycocoevalcap" else find_spec(name, *a))
+    after training. Each evaluation asks only for what it scores with."""
+    monkeypatch.setitem(sys.modules, "pycocoevalcap", None)  # as if not installed: find_spec and import fail
     run = tmp_path / "run"
     assert main(["train", "--data", str(workspace / "e2e-train.jsonl"), "--eval-data", str(workspace / "e2e-dev.jsonl"),
                  "--eval-every", "2", "--eval-generate", "4", *_common(workspace, run)]) == 2
@@ -224,12 +218,29 @@ def test_a_missing_metrics_extra_is_refused_before_the_first_step(workspace, tmp
     # loss-only evaluation needs no metrics: the same run without --eval-generate trains
     assert main(["train", "--data", str(workspace / "e2e-train.jsonl"), "--eval-data", str(workspace / "e2e-dev.jsonl"),
                  "--eval-every", "5", *_common(workspace, tmp_path / "loss-only")]) == 0
-    # a GLUE run always ends with its dev scores (scikit-learn, scipy): refused before the model even loads
-    monkeypatch.setattr(metrics.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "sklearn" else find_spec(name, *a))
+
+
+def test_labelled_files_and_glue_need_scikit_learn_and_scipy_not_pycocoevalcap(tmp_path, capsys, monkeypatch):
+    """The GPU machine had scikit-learn but no pycocoevalcap: a labelled file must train and score there."""
+    bert = write_tiny_bert(tmp_path / "bert")
+    rows = [f"{'a fine' if i % 2 else 'a dull'} film {i},{'pos' if i % 2 else 'neg'}\n" for i in range(24)]
+    (tmp_path / "train.csv").write_text("text,label\n" + "".join(rows))
+    (tmp_path / "dev.csv").write_text("text,label\n" + "".join(rows[:8]))
+    monkeypatch.setitem(sys.modules, "pycocoevalcap", None)
+    run = tmp_path / "run"
+    assert main(["train", "--model", str(bert), "--data", str(tmp_path / "train.csv"), "--eval-data",
+                 str(tmp_path / "dev.csv"), "--eval-every", "2", "--max-steps", "2", "--batch-size", "8",
+                 "--samples", "0", "--output", str(run)]) == 0
+    assert "accuracy" in _evals(run)[-1]["eval"]
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    assert main(["train", "--model", str(bert), "--data", str(tmp_path / "train.csv"), "--eval-data",
+                 str(tmp_path / "dev.csv"), "--eval-every", "2", "--output", str(tmp_path / "no-sklearn")]) == 2
+    assert "labelled file while training needs the metrics extra (sklearn not installed)" in capsys.readouterr().err
+    # a GLUE run always ends with its dev scores: refused before the model even loads
     assert main(["train", "--task", "sst2", "--model", str(tmp_path / "no-such-model"),
                  "--output", str(tmp_path / "glue")]) == 2
     assert "sst2's dev scores needs the metrics extra (sklearn not installed)" in capsys.readouterr().err
+    assert not (tmp_path / "glue").exists() and not (tmp_path / "no-sklearn" / "log.jsonl").exists()
 
 
 def test_an_existing_run_is_refused_before_anything_loads(tmp_path, capsys):

@@ -32,6 +32,8 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .data.glue import GLUE_TASKS
+    from .metrics import LABEL_METRICS, require_metrics
     from .recipes import setup
     from .train.trainer import check_fresh_start
 
@@ -39,6 +41,8 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig.from_file(args.config, **flags) if args.config else TrainConfig.from_flags(**flags)
     if not args.resume:  # before loading anything: an existing run is never overwritten
         check_fresh_start(Path(config.output), int(os.environ.get("WORLD_SIZE", "1")))
+    if config.task in GLUE_TASKS:  # the run ends with its dev scores (_score_dev): refused now, not after training
+        require_metrics(f"{config.task}'s dev scores", LABEL_METRICS)
     parts = setup(config)
     trainer = parts.trainer()
     summary = trainer.fit(resume=args.resume)

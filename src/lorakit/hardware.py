@@ -39,10 +39,18 @@ def cpu_flags() -> list[str]:
     return [f for f in _FLAGS if f in flags]
 
 
-def pick_device(name: str | None = None) -> torch.device:
-    """The device asked for (``--device``), else the GPU when there is one: where train, generate, predict,
-    serve and the ``quantize="auto"`` probe run."""
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+def resolve_device(name: str | torch.device | None = None, *, quantize: str = "none") -> torch.device:
+    """Where a model runs: the device asked for (``--device``), else the GPU when there is one (this process's
+    under torchrun, ``LOCAL_RANK``), except an int8 base, whose kernel is the CPU's (fbgemm). generate,
+    predict and serve place the model there, and ``quantize="auto"`` measures there."""
+    if name is None:
+        if quantize == "int8" or not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this PyTorch ({torch.__version__}) sees no CUDA GPU")
+    return device
 
 
 def describe() -> str:

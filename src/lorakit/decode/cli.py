@@ -221,11 +221,13 @@ def load_for_generation(model_name: str, adapters: list[str], merge: bool, devic
 
     import lorakit
 
-    from ..hardware import pick_device
+    from ..hardware import resolve_device
     from ..models import load_model
     from ..quant import describe, quant_mode
 
-    model, tokenizer = load_model(model_name, padding_side="left", dtype=getattr(torch, dtype), quantize=quantize)
+    target = resolve_device(device, quantize=quantize)
+    model, tokenizer = load_model(model_name, padding_side="left", dtype=getattr(torch, dtype), quantize=quantize,
+                                  device=target)
     if quantize != "none":
         print(f"--quantize {quantize}: {describe(model)}", file=sys.stderr)
     names = [f"adapter{i}" if len(adapters) > 1 else "default" for i in range(len(adapters))]
@@ -238,7 +240,7 @@ def load_for_generation(model_name: str, adapters: list[str], merge: bool, devic
             lorakit.merge_adapters(model)
         except RuntimeError as err:  # a weight shared with another module (tied) cannot take a merge
             print(f"not merging: {err}", file=sys.stderr)
-    return model.to(pick_device(device)).eval(), tokenizer
+    return model.to(target).eval(), tokenizer
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:

@@ -15,7 +15,9 @@ import importlib
 import importlib.util
 from typing import Any
 
-EXTRA_MODULES = ("pycocoevalcap", "sacrebleu", "scipy", "sklearn")  # the ``metrics`` extra
+# the ``metrics`` extra, by what scores with it
+GENERATION_METRICS = ("pycocoevalcap", "sacrebleu")  # BLEU, NIST, METEOR, ROUGE-L, CIDEr, TER
+LABEL_METRICS = ("scipy", "sklearn")  # accuracy, F1, Matthews, Pearson, Spearman
 
 _WHERE = {
     "E2E_METRICS": "e2e", "e2e_scores": "e2e", "evaluate_predictions": "evaluate", "write_references": "evaluate",
@@ -29,10 +31,10 @@ _WHERE = {
     "WEBNLG_METRICS": "webnlg", "dart_scores": "webnlg", "webnlg_scores": "webnlg",
     "webnlg_scores_by_category": "webnlg",
 }
-__all__ = sorted([*_WHERE, "require_metrics"])
+__all__ = sorted([*_WHERE, "GENERATION_METRICS", "LABEL_METRICS", "require_metrics"])
 
 
-def require_metrics(setting: str, modules: tuple[str, ...] = EXTRA_MODULES) -> None:
+def require_metrics(setting: str, modules: tuple[str, ...]) -> None:
     """Refuse ``setting`` at once when the part of the ``metrics`` extra it scores with is missing, so that a
     run does not train for an hour and then fail at its first evaluation."""
     if missing := [name for name in modules if importlib.util.find_spec(name) is None]:

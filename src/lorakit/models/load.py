@@ -195,6 +195,7 @@ def load_model(
     padding_side: Literal["left", "right"] = "right",
     quantize: QuantMode = "none",
     quant_cache: bool = True,
+    device: torch.device | str | None = None,
     **kw: Any,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load ``(model, tokenizer)`` for a short name (see ``MODELS``), a local folder or a hub id, offline.
@@ -207,7 +208,8 @@ def load_model(
     layers in int8, int4, nf4 or bf16 (``auto``: none or bf16, whichever a cached probe measured faster
     here); see ``lorakit.quant`` and docs/quantization.md. A local model loaded without extra keywords is
     quantized once and its quantized layers read from a disk cache afterwards (``lorakit.quant.cache``)
-    unless ``quant_cache`` is off.
+    unless ``quant_cache`` is off. ``device``: where the model will run, what ``auto`` measures on (default:
+    the GPU when there is one); the model itself is returned on the CPU.
     """
     _check_kind(name_or_path, kind)
     if quantize not in QUANT_MODES:  # before loading, which can take a while
@@ -221,9 +223,9 @@ def load_model(
     tokenizer = load_tokenizer(resolved, padding_side=padding_side, **tokenizer_kw)
     _sync_pad_token(model, tokenizer)
     if quant_cache and resolved.is_local and not kw:  # subfolder, variant, device_map...: not in the cache's key
-        quantize_cached(model, quantize, resolved.location)
+        quantize_cached(model, quantize, resolved.location, device)
     else:
-        quantize_model(model, quantize)
+        quantize_model(model, quantize, device=device)
     return model, tokenizer
 
 

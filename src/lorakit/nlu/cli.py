@@ -39,12 +39,13 @@ def _predict(args: argparse.Namespace) -> int:
         return _predict_user(args)
     if args.columns is not None:
         raise ValueError("--columns applies to your own --data file, not to --task")
-    from ..hardware import pick_device
+    from ..hardware import resolve_device
     from ..metrics.glue import glue_scores
     from .predict import load_classifier, predict, write_predictions
 
-    model, tokenizer = load_classifier(args.model, args.task, args.adapter, args.quantize)
-    model.to(pick_device(args.device))
+    device = resolve_device(args.device, quantize=args.quantize)
+    model, tokenizer = load_classifier(args.model, args.task, args.adapter, args.quantize, device)
+    model.to(device)
     if args.input:
         examples = read_inputs(args.input)
     elif args.text:
@@ -76,7 +77,7 @@ def _predict_user(args: argparse.Namespace) -> int:
     ``--text``; one label name per line; accuracy, macro F1 and Matthews when the file has labels."""
     from ..data.user import load_user_data
     from ..files import atomic_write
-    from ..hardware import pick_device
+    from ..hardware import resolve_device
     from .predict import load_user_classifier, output_names, predict_user_logits, user_predictions
 
     given = [flag for flag, value in (("--data", args.data), ("--input", args.input), ("--text", args.text)) if value]
@@ -97,8 +98,9 @@ def _predict_user(args: argparse.Namespace) -> int:
         pairs = None if examples[0].text_b is None else [e.text_b for e in examples]
     else:
         texts, pairs = list(args.text), None
-    model, tokenizer, names = load_user_classifier(args.model, args.adapter, args.quantize)
-    model.to(pick_device(args.device))
+    device = resolve_device(args.device, quantize=args.quantize)
+    model, tokenizer, names = load_user_classifier(args.model, args.adapter, args.quantize, device)
+    model.to(device)
     if names is None:
         where = args.adapter or args.model
         print(f"lorakit predict: warning: no labels.json in {where}: outputs are named by the model config's "

@@ -26,12 +26,14 @@ from ..tasks import GLUETask, get_task
 from ..train.batching import ClassificationSample, collate_classification
 
 
-def load_classifier(model: str, task: str, adapter: str | os.PathLike | None = None, quantize: QuantMode = "none"):
+def load_classifier(model: str, task: str, adapter: str | os.PathLike | None = None, quantize: QuantMode = "none",
+                    device: torch.device | str | None = None):
     """``(model, tokenizer)`` for a GLUE task: a base with the task's head size plus an adapter folder, or a
-    fully fine-tuned model folder (``adapter`` None); ``quantize``: the frozen base's (``lorakit.quant``)."""
+    fully fine-tuned model folder (``adapter`` None); ``quantize``: the frozen base's (``lorakit.quant``),
+    ``device``: where it will run (what ``quantize="auto"`` measures on)."""
     glue = _glue_task(task)
-    net, tokenizer = load_model(model, "sequence-classification",
-                                num_labels=glue.num_labels if adapter is not None else None, quantize=quantize)
+    net, tokenizer = load_model(model, "sequence-classification", num_labels=glue.num_labels if adapter is not None
+                                else None, quantize=quantize, device=device)
     if adapter is not None:
         load_adapter(net, adapter, name=glue.name)
     net.eval()
@@ -121,7 +123,8 @@ def write_predictions(path: str | os.PathLike, task: str, examples: Sequence[Glu
 # ------------------------------------------------------------------------------- a user's own classifier
 
 
-def load_user_classifier(model: str, adapter: str | os.PathLike | None = None, quantize: QuantMode = "none"):
+def load_user_classifier(model: str, adapter: str | os.PathLike | None = None, quantize: QuantMode = "none",
+                         device: torch.device | str | None = None):
     """``(model, tokenizer, names)`` for a classifier trained on the user's own data: a base plus an adapter
     folder (its head takes the number of outputs saved in the file), or a fully fine-tuned model folder.
 
@@ -131,7 +134,8 @@ def load_user_classifier(model: str, adapter: str | os.PathLike | None = None, q
     folder = adapter if adapter is not None else (model if Path(model).expanduser().is_dir() else None)
     names = None if folder is None else read_label_names(folder, required=False)
     num_labels = None if adapter is None else (len(names) if names else None)
-    net, tokenizer = load_model(model, "sequence-classification", num_labels=num_labels, quantize=quantize)
+    net, tokenizer = load_model(model, "sequence-classification", num_labels=num_labels, quantize=quantize,
+                                device=device)
     if adapter is not None:
         load_adapter(net, adapter, head_size_from_file=True)
     net.eval()

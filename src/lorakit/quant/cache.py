@@ -47,9 +47,11 @@ def cache_root() -> Path:
     return lorakit_home() / "quantized"
 
 
-def quantize_cached(model: nn.Module, mode: QuantMode, source: str | Path) -> QuantSummary:
-    """``quantize_model(model, mode)`` for a model loaded from the folder ``source``, through the disk cache."""
-    resolved = choose_mode() if mode == "auto" else mode
+def quantize_cached(model: nn.Module, mode: QuantMode, source: str | Path,
+                    device: torch.device | str | None = None) -> QuantSummary:
+    """``quantize_model(model, mode, device=device)`` for a model loaded from the folder ``source``, through the
+    disk cache."""
+    resolved = choose_mode(device=device) if mode == "auto" else mode
     if resolved == "none":
         return QuantSummary("none", mode)
     if resolved == "int8" and not int8_kernel_available():

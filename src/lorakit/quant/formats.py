@@ -181,7 +181,7 @@ class Int8Weight(QuantWeight):
         device = fn(torch.empty(0)).device
         if device.type != "cpu":
             raise RuntimeError(f"int8 weights stay on the CPU (PyTorch's fbgemm kernel), cannot move to {device}; "
-                               "quantize with bf16 or nf4 for another device")
+                               "quantize with bf16 or nf4 for another device, or run on the CPU (--device cpu)")
         return self
 
 

@@ -56,16 +56,17 @@ class QuantSummary:
 
 def quantize_model(model: nn.Module, mode: QuantMode = "int8", *, head: bool | None = None,
                    skip: tuple[str, ...] = HEADS, stored: Mapping[str, QuantWeight] | None = None,
-                   only: Collection[str] | None = None) -> QuantSummary:
+                   only: Collection[str] | None = None, device: torch.device | str | None = None) -> QuantSummary:
     """Replace the frozen linear layers of ``model`` by quantized ones (``none``: leave it; ``auto``: the mode
     a short probe measured fastest here, cached). ``head``: also the LM head (``get_output_embeddings``;
     default: for int8 and bf16, see ``HEAD_MODES``); ``skip``: top-level children left alone. Layers already
     quantized are left as they are, so ``only`` (layer paths as ``quant_plan`` names them) followed by a second
     call for the rest gives a mixed plan. ``stored``: each layer's weight already quantized (by path, as the
-    disk cache in ``lorakit.quant.cache`` keeps them), used instead of quantizing; every layer must have one."""
+    disk cache in ``lorakit.quant.cache`` keeps them), used instead of quantizing; every layer must have one.
+    ``device``: where the model will run, what ``auto`` measures on (default: the GPU when there is one)."""
     if mode not in QUANT_MODES:
         raise ValueError(f"quantize must be one of {', '.join(QUANT_MODES)}, got {mode!r}")
-    resolved = choose_mode() if mode == "auto" else mode
+    resolved = choose_mode(device=device) if mode == "auto" else mode
     summary = QuantSummary(resolved, mode)
     if resolved == "none":
         return summary

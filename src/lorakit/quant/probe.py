@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from ..files import atomic_write
-from ..hardware import cpu_flags, cpu_model, pick_device
+from ..hardware import cpu_flags, cpu_model, resolve_device
 from .formats import FORMATS
 
 CANDIDATES: tuple[str, ...] = ("none", "bf16", "int8")  # measured
@@ -38,10 +38,10 @@ MARGIN = 0.10  # a quantized mode is picked only when at least 10% faster than f
 CACHE_NAME = "quant-probe.json"
 
 
-def probe_key(device: torch.device | None = None) -> str:
+def probe_key(device: torch.device | str | None = None) -> str:
     """What the ranking depends on: the CPU, its vector extensions, PyTorch and the threads it uses; on a GPU,
     the GPU's name and PyTorch."""
-    device = pick_device(device)
+    device = resolve_device(device)
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} | torch {torch.__version__}"
     return f"{cpu_model()} | {' '.join(cpu_flags())} | torch {torch.__version__} | {torch.get_num_threads()} threads"
@@ -60,7 +60,7 @@ def measure_modes(modes: tuple[str, ...] = CANDIDATES, rows: int = 8, rounds: in
     gen = torch.Generator().manual_seed(0)
     weights = [(torch.randn(o, i, generator=gen) * i ** -0.5).to(device) for o, i in SHAPES]
     inputs = [torch.randn(rows, i, generator=gen).to(device) for _, i in SHAPES]
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(device)) if torch.device(device).type == "cuda" else (lambda: None)
     kernels = {}
     for mode in modes:
         try:
@@ -91,9 +91,9 @@ def pick(ms: dict[str, float]) -> str:
 
 
 def choose_mode(refresh: bool = False, device: torch.device | str | None = None) -> str:
-    """The mode ``auto`` stands for on ``device`` (default: the GPU if any, else the CPU): from the cache, else
-    measured (about a second) and cached."""
-    device = pick_device(device)
+    """The mode ``auto`` stands for on ``device`` (default: ``hardware.resolve_device``'s, the GPU if any): from
+    the cache, else measured (about a second) and cached."""
+    device = resolve_device(device)
     path, key = cache_path(), probe_key(device)
     try:
         cache = json.loads(path.read_text())

@@ -22,7 +22,7 @@ from .. import lora
 from ..data.chat import CHAT_TEMPLATE_NAME
 from ..data.user import PreparedData, prepare_data
 from ..decode import generate, preset
-from ..metrics import require_metrics
+from ..metrics import GENERATION_METRICS, LABEL_METRICS, require_metrics
 from ..metrics.evaluate import REGRESSION_METRICS, classification_scores, text_scores
 from ..metrics.glue import glue_metric
 from ..metrics.labels import LABELS_NAME
@@ -31,8 +31,6 @@ from ..tasks import Task, get_task, head_modules
 from ..train import CausalLMLoss, SequenceClassificationLoss, TrainConfig, Trainer
 from ..train.batching import ClassificationSample, Sample
 from ..train.evaluation import Evaluation
-
-LABEL_METRICS = ("scipy", "sklearn")  # accuracy, F1, Matthews, Pearson, Spearman (no pycocoevalcap, sacrebleu)
 
 
 @dataclass
@@ -80,6 +78,9 @@ def build_trainer(config: TrainConfig, model: nn.Module | None = None, tokenizer
 def setup(config: TrainConfig, model: nn.Module | None = None, tokenizer=None) -> Parts:
     """Seed, then build the model (loaded unless given, with ``tokenizer``), its adapter, the samples, the
     loss and the evaluation."""
+    if config.base_quantize == "int8" and torch.cuda.is_available():  # before loading anything
+        raise ValueError("quantize int8 is a CPU kernel (PyTorch's fbgemm) and training runs on this machine's GPU: "
+                         "use bf16 or nf4, or hide the GPU (CUDA_VISIBLE_DEVICES=) to train on the CPU")
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     if config.user_data:
@@ -117,10 +118,11 @@ def _loss(model: nn.Module, kind: str, config: TrainConfig) -> nn.Module:
 
 def _setup_task(config: TrainConfig, model: nn.Module | None, tokenizer) -> Parts:
     task = get_task(config.task or "e2e")
-    if task.model_kind == "sequence-classification":  # a GLUE run ends with its dev scores (lorakit train)
-        require_metrics(f"{task.name}'s dev scores", LABEL_METRICS)
-    elif config.eval_every and config.eval_generate:
-        require_metrics("--eval-generate")
+    if config.eval_every:  # before loading anything: not at the first evaluation
+        if task.model_kind == "sequence-classification":
+            require_metrics(f"evaluating {task.name} while training", LABEL_METRICS)
+        elif config.eval_generate:
+            require_metrics("--eval-generate", GENERATION_METRICS)
     if model is None:
         model, tokenizer = load_model(config.model, task.model_kind, num_labels=task.num_labels,
                                       quantize=config.base_quantize)
@@ -172,6 +174,10 @@ def _setup_user_data(config: TrainConfig, model: nn.Module | None, tokenizer) ->
                             chat_template=config.chat_template)
     if config.eval_every and prepared.eval is None:
         raise ValueError("eval_every needs validation data: give eval_data FILE or eval_fraction (e.g. 0.05)")
+    if config.eval_every and prepared.labels is not None:  # before the model loads: not at the first evaluation
+        require_metrics("evaluating a labelled file while training", LABEL_METRICS)
+    elif config.eval_every and config.eval_generate:
+        require_metrics("--eval-generate", GENERATION_METRICS)
     kind = prepared.model_kind
     if model is None:
         model, tokenizer = load_model(config.model, kind, num_labels=prepared.num_labels,
@@ -200,10 +206,6 @@ def _user_evaluation(config: TrainConfig, prepared: PreparedData, tokenizer) -> 
     assert prepared.eval is not None
     samples = subset(prepared.eval, config.max_eval_examples, config.seed)
     labels = prepared.labels
-    if labels is not None:
-        require_metrics("evaluating a labelled file while training", LABEL_METRICS)
-    elif config.eval_generate:
-        require_metrics("--eval-generate")
     if labels is not None:
         if labels.regression:
             def score(outputs: list[float], gold: list[float]) -> dict[str, float]:

@@ -69,7 +69,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
 
-    from ..hardware import pick_device
+    from ..hardware import resolve_device
     from ..models import load_model
     from ..quant import describe
     from .app import create_app
@@ -83,11 +83,12 @@ def run_serve(args: argparse.Namespace) -> int:
               "models" + ("" if args.admin_token else " and load or unload adapters"), file=sys.stderr)
     kind = _kind(args)
     extra = {"num_labels": args.num_labels} if args.num_labels else {}
+    device = resolve_device(args.device, quantize=args.quantize)
     model, tokenizer = load_model(args.model, kind, padding_side="left" if kind == "causal-lm" else "right",
-                                  dtype=getattr(torch, args.dtype), quantize=args.quantize, **extra)
+                                  dtype=getattr(torch, args.dtype), quantize=args.quantize, device=device, **extra)
     if args.quantize != "none":
         print(f"--quantize {args.quantize}: {describe(model)}", file=sys.stderr)
-    model = model.to(pick_device(args.device)).eval()
+    model = model.to(device).eval()
     engine = build_engine(model, tokenizer, args.adapters, max_loaded=args.max_loaded, max_batch=args.max_batch,
                           max_queue=args.max_queue)
     print(f"serving {args.model} ({kind}) with adapters from {engine.registry.root} "
