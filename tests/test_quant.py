@@ -9,6 +9,8 @@ import io
 import json
 import re
 import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import peft
 import pytest
@@ -409,6 +411,23 @@ def test_auto_measures_where_the_model_will_run(tmp_path, monkeypatch) -> None:
     assert choose_mode() == "none" and seen[-1] == torch.device("cuda", 1)
     assert resolve_device(None, quantize="int8") == torch.device("cpu")
     assert resolve_device("cpu", quantize="bf16") == torch.device("cpu")
+
+
+def test_processes_started_together_measure_once_and_agree(tmp_path, monkeypatch) -> None:
+    """torchrun's ranks resolve auto at the same moment: the first measures, the others read its answer
+    (two measurements could pick different modes, and DDP needs the same modules in every rank)."""
+    monkeypatch.setenv("LORAKIT_HOME", str(tmp_path))
+    answers = iter([{"none": 10.0, "bf16": 5.0}, {"none": 5.0, "bf16": 10.0}])
+
+    def slow_measure(*args, **kwargs):
+        time.sleep(0.3)
+        return next(answers)
+
+    monkeypatch.setattr(probe, "measure_modes", slow_measure)
+    with ThreadPoolExecutor(2) as pool:
+        modes = list(pool.map(lambda _: choose_mode(device="cpu"), range(2)))
+    assert modes == ["bf16", "bf16"]
+    assert next(answers) == {"none": 5.0, "bf16": 10.0}  # measured once: the second answer is still unused
 
 
 def test_a_gpu_that_is_not_there_and_int8_training_on_a_gpu_are_refused(tmp_path, monkeypatch, capsys) -> None:

@@ -18,10 +18,12 @@ the GPU's name and torch version; ``choose_mode(refresh=True)`` measures again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -90,11 +92,34 @@ def pick(ms: dict[str, float]) -> str:
     return best
 
 
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold a lock file beside ``path``: processes started together (torchrun's ranks) take turns, so the
+    first measures and the others read its answer, and every rank quantizes alike (DDP needs the same
+    modules everywhere). Without a writable folder or ``fcntl`` (Windows), no lock."""
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path.with_name(path.name + ".lock"), "a")  # noqa: SIM115  (closed below)
+    except (ImportError, OSError):
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def choose_mode(refresh: bool = False, device: torch.device | str | None = None) -> str:
     """The mode ``auto`` stands for on ``device`` (default: ``hardware.resolve_device``'s, the GPU if any): from
     the cache, else measured (about a second) and cached."""
     device = resolve_device(device)
     path, key = cache_path(), probe_key(device)
+    with _exclusive(path):
+        return _cached_or_measured(path, key, device, refresh)
+
+
+def _cached_or_measured(path: Path, key: str, device: torch.device, refresh: bool) -> str:
     try:
         cache = json.loads(path.read_text())
         if not isinstance(cache, dict):
