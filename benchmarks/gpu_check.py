@@ -106,12 +106,16 @@ TARGETS = {"gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"], "roberta": ["query
            "bert": ["query", "value"]}
 
 
+def lora_config(arch: str) -> lorakit.LoraConfig:
+    """r=4 on the architecture's q and v (GPT-2: the fused c_attn's q and v parts), A and B random."""
+    return lorakit.LoraConfig(r=4, target_modules=TARGETS[arch], init_lora_weights=False,
+                              fused_modules={"c_attn": [True, False, True]} if arch == "gpt2" else {})
+
+
 def adapted(arch: str, device: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.nn.Module:
     """A tiny model with one adapter whose B is non-zero (so it changes the output)."""
     model = tiny(arch, seed)
-    config = lorakit.LoraConfig(r=4, target_modules=TARGETS[arch], init_lora_weights=False,
-                                fused_modules={"c_attn": [True, False, True]} if arch == "gpt2" else {})
-    lorakit.add_adapter(model, config, "a")
+    lorakit.add_adapter(model, lora_config(arch), "a")
     return model.to(device=device, dtype=dtype).eval()
 
 
@@ -181,9 +185,7 @@ def quantized_base(args) -> str:
             ref = adapted(arch, args.device)
             model = tiny(arch)
             summary = quantize_model(model, mode)
-            config = lorakit.LoraConfig(r=4, target_modules=TARGETS[arch], init_lora_weights=False,
-                                        fused_modules={"c_attn": [True, False, True]} if arch == "gpt2" else {})
-            lorakit.add_adapter(model, config, "a")
+            lorakit.add_adapter(model, lora_config(arch), "a")
             model.to(args.device).eval()
             x = ids(args.device)
             error = rel(out(model, x), out(ref, x))

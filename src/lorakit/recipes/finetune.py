@@ -100,6 +100,15 @@ def add_lora(config: TrainConfig, model: nn.Module, head: list[str] | None) -> n
     return lora.add_adapter(model, lora_config, name=config.name)
 
 
+def _require_eval_metrics(config: TrainConfig, what: str, classifies: bool) -> None:
+    """Before the model loads, not at the first evaluation: the metrics extra's part that evaluating ``what``
+    scores with (labels, or generated text with ``eval_generate``)."""
+    if config.eval_every and classifies:
+        require_metrics(f"evaluating {what} while training", LABEL_METRICS)
+    elif config.eval_every and config.eval_generate:
+        require_metrics("--eval-generate", GENERATION_METRICS)
+
+
 def subset(items: list, size: int | None, seed: int) -> list:
     """A seeded random ``size`` of ``items`` (all of them when ``size`` is None or larger)."""
     if size is None or size >= len(items):
@@ -118,11 +127,7 @@ def _loss(model: nn.Module, kind: str, config: TrainConfig) -> nn.Module:
 
 def _setup_task(config: TrainConfig, model: nn.Module | None, tokenizer) -> Parts:
     task = get_task(config.task or "e2e")
-    if config.eval_every:  # before loading anything: not at the first evaluation
-        if task.model_kind == "sequence-classification":
-            require_metrics(f"evaluating {task.name} while training", LABEL_METRICS)
-        elif config.eval_generate:
-            require_metrics("--eval-generate", GENERATION_METRICS)
+    _require_eval_metrics(config, task.name, task.model_kind == "sequence-classification")
     if model is None:
         model, tokenizer = load_model(config.model, task.model_kind, num_labels=task.num_labels,
                                       quantize=config.base_quantize)
@@ -174,10 +179,7 @@ def _setup_user_data(config: TrainConfig, model: nn.Module | None, tokenizer) ->
                             chat_template=config.chat_template)
     if config.eval_every and prepared.eval is None:
         raise ValueError("eval_every needs validation data: give eval_data FILE or eval_fraction (e.g. 0.05)")
-    if config.eval_every and prepared.labels is not None:  # before the model loads: not at the first evaluation
-        require_metrics("evaluating a labelled file while training", LABEL_METRICS)
-    elif config.eval_every and config.eval_generate:
-        require_metrics("--eval-generate", GENERATION_METRICS)
+    _require_eval_metrics(config, "a labelled file", prepared.labels is not None)
     kind = prepared.model_kind
     if model is None:
         model, tokenizer = load_model(config.model, kind, num_labels=prepared.num_labels,
