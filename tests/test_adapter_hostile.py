@@ -76,6 +76,22 @@ def test_non_finite_weights_are_load_errors(folder, served, value):
     _both_paths_refuse(folder, served, rf"{WEIGHTS_NAME}: tensor '{key}' has 1 non-finite value")
 
 
+@pytest.mark.parametrize(("scale", "alpha", "match"), [
+    (1.0, 1e308, r"its scaling \(lora_alpha/r\) 5e\+307 is beyond torch.float32's range"),
+    (1e20, 4.0, r"the update \(scaling 2\) x B @ A, which can reach .* is beyond torch.float32's range"),
+])
+def test_finite_values_that_overflow_once_used_are_load_errors(folder, served, scale, alpha, match):
+    """Finite in the file, infinite in every output: ``lora_alpha: 1e308`` (alpha / r overflows float32), or
+    factors whose product does."""
+    _edit_config(folder, lora_alpha=alpha)
+    tensors = load_file(folder / WEIGHTS_NAME)
+    with safe_open(str(folder / WEIGHTS_NAME), "pt") as f:
+        meta = f.metadata()
+    save_file({k: v * scale for k, v in tensors.items()}, folder / WEIGHTS_NAME, metadata=meta)  # A and B
+    _both_paths_refuse(folder, served, rf"{WEIGHTS_NAME}: model.layers.0.self_attn.q_proj: {match}",
+                       AdapterFormatError)
+
+
 @pytest.mark.parametrize(("change", "match"), [
     ({"lora_alpha": math.nan}, r"'lora_alpha'.*finite.*nan"),
     ({"lora_alpha": math.inf}, r"'lora_alpha'.*finite.*inf"),

@@ -204,7 +204,11 @@ def test_bad_requests_get_clear_errors(setup) -> None:
         _complete(client, "broken", "hi")
     url = setup["server"].url
     r = httpx.post(url + "/v1/completions", content=b"{bad json", headers={"content-type": "application/json"})
-    assert r.status_code == 422 and "json" in r.text.lower()
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("the body is not valid JSON")
+    body = b'{"model": "qv4", "prompt": "x"}'  # valid JSON, but not sent as JSON
+    for kind in ("text/plain", "application/x-www-form-urlencoded", None):
+        r = httpx.post(url + "/v1/completions", content=body, headers={"content-type": kind} if kind else {})
+        assert r.status_code == 400 and "Content-Type: application/json" in r.json()["error"]["message"], r.text
     r = httpx.post(url + "/v1/completions", json={"model": "qv4", "prompt": "x", "bogus": 1})
     assert r.status_code == 422 and "bogus" in r.json()["error"]["message"]
     r = httpx.post(url + "/v1/completions", json={"model": "qv4", "prompt": "x", "logprobs": 2})

@@ -22,6 +22,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 import lorakit
 import lorakit.serve.pool as pool_module
+import lorakit.serve.registry as registry_module
 from lorakit.models import gpt2_tokenizer
 from lorakit.serve.server import build_engine, serve_in_thread
 
@@ -65,6 +66,10 @@ def _adapters(root: Path, outside: Path) -> None:
     os.symlink(outside / "secret" / "adapter_model.safetensors", root / "innerlink" / "adapter_model.safetensors")
     (root / "broken").mkdir()
     (root / "broken" / "adapter_config.json").write_text("{not json")
+    # finite, but lora_alpha / r overflows float32 once folded into the factors: every output NaN
+    lorakit.save_adapter(model, root / "hugealpha", "qv4")
+    config_path = root / "hugealpha" / "adapter_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "lora_alpha": 1e308}))
 
 
 @pytest.fixture(scope="module")
@@ -436,3 +441,82 @@ def test_booleans_are_not_numbers(server, field: str, value) -> None:
     body = {"model": "qv4", "prompt": "x", "max_tokens": 2, field: value}
     error = _error(_post(server, "/v1/completions", body), 422)
     assert error["param"] == field
+
+
+# --- found by a hostile-input audit (2026-11-28)
+
+
+def test_a_long_mixed_list_gets_one_short_error(server) -> None:
+    """pydantic checked every item of a mixed prompt list against every alternative of the field's type and
+    reported each: a 1 MB body got a 59 MB 422, built on the event loop while every other request waited."""
+    cases = [("prompt", ["a", *[1] * 20_000], "prompt[1] is a token id but prompt[0] is a text"),
+             ("prompt", [[1, 2], [3, "x"]], "prompt[1][1] is a text"),
+             ("stop", ["a", *[1] * 20_000], "at most 4 stop sequences"),
+             ("stop", ["a", 1], "stop[1] is a token id")]
+    for field, value, message in cases:
+        r = _post(server, "/v1/completions", {"model": "qv4", "prompt": "x", "max_tokens": 2, field: value})
+        error = _error(r, 422)
+        assert error["param"] == field and message in error["message"], error
+        assert len(r.content) < 2_000, (field, len(r.content))
+    many = {"model": "qv4", "prompt": "x", **{f"unknown{i}": 1 for i in range(200)}}  # 200 problems
+    r = _post(server, "/v1/completions", many)
+    error = _error(r, 422)
+    assert error["message"].endswith("and 195 more") and len(r.json()["detail"]) == 5 and len(r.content) < 4_000
+
+
+def test_a_request_that_can_never_fit_the_queue_is_refused_before_tokenizing(server) -> None:
+    """The 413 for more rows than --max-queue came after tokenizing every prompt, on the one tokenizer thread
+    every request shares. Token ids outside the vocabulary (a 400 once tokenized) show which check ran first."""
+    error = _error(_post(server, "/v1/completions", {"model": "qv4", "prompt": [[10**9]] * 300, "max_tokens": 2}),
+                   413)
+    assert "300 queue rows" in error["message"]
+
+
+@pytest.mark.parametrize(("field", "value"), [("max_tokens", "5"), ("temperature", "0"), ("stream", "yes"),
+                                              ("seed", "1"), ("n", 2.5)])
+def test_types_are_strict(server, field: str, value) -> None:
+    """pydantic's lax mode read "5" as 5 and "yes" as true; OpenAI's API refuses them."""
+    error = _error(_post(server, "/v1/completions", {"model": "qv4", "prompt": "x", field: value}), 422)
+    assert error["param"] == field
+
+
+@pytest.mark.parametrize(("path", "field", "value"), [
+    ("/v1/completions", "best_of", 2), ("/v1/completions", "echo", True), ("/v1/completions", "suffix", "x"),
+    ("/v1/completions", "logprobs", 2), ("/v1/completions", "logit_bias", {"5": 1.0}),
+    ("/v1/completions", "presence_penalty", 0.5), ("/v1/chat/completions", "logprobs", True),
+    ("/v1/chat/completions", "top_logprobs", 2)])
+def test_unsupported_openai_fields_are_named(server, path: str, field: str, value) -> None:
+    """They were refused by checks of the whole body: a 422 with ``param`` null and the message "body: ..."."""
+    body = {"model": "qv4", "max_tokens": 2, field: value}
+    body.update({"prompt": "x"} if path == "/v1/completions" else {"messages": [{"role": "user", "content": "x"}]})
+    error = _error(_post(server, path, body), 422)
+    assert error["param"] == field and f"{field}=" in error["message"] and "not supported" in error["message"]
+
+
+def test_the_neutral_values_of_unsupported_fields_are_accepted(server) -> None:
+    body = {"model": "qv4", "prompt": "x", "max_tokens": 2, "temperature": 0, "suffix": "", "best_of": 1,
+            "echo": False, "logit_bias": {}, "presence_penalty": 0}
+    assert _post(server, "/v1/completions", body).status_code == 200
+
+
+def test_an_adapter_whose_scaling_overflows_is_refused_at_load(server) -> None:
+    """``lora_alpha: 1e308`` is finite, so it loaded, and then every request for the adapter was a 500."""
+    error = _error(_post(server, "/v1/adapters/load", {"name": "hugealpha"}), 400)
+    assert "'hugealpha'" in error["message"] and "beyond torch.float32's range" in error["message"]
+    _error(_post(server, "/v1/completions", {"model": "hugealpha", "prompt": "x", "max_tokens": 2}), 400)
+    assert "hugealpha" not in httpx.get(server.url + "/health").json()["loaded_adapters"]
+
+
+def test_names_added_with_a_path_are_bounded_and_a_bad_path_is_named(server, root, monkeypatch) -> None:
+    """Every {name, path} load added a permanent name, without limit; a path without an adapter config was
+    blamed on ``name``."""
+    (root / "no-config").mkdir(exist_ok=True)
+    error = _error(_post(server, "/v1/adapters/load", {"name": "fresh", "path": "no-config"}), 404)
+    assert error["param"] == "path"
+    registry = server.engine.registry
+    monkeypatch.setattr(registry_module, "MAX_REGISTERED", len(registry._aliases) + 1)
+    assert _post(server, "/v1/adapters/load", {"name": "alias-one", "path": "qv4"}).status_code == 200
+    error = _error(_post(server, "/v1/adapters/load", {"name": "alias-two", "path": "qv4"}), 400)
+    assert error["param"] == "name" and "names are registered with a path already" in error["message"]
+    assert "alias-two" not in _model_ids(server)
+    assert _post(server, "/v1/adapters/load", {"name": "alias-one", "path": "qv4"}).status_code == 200  # reuse

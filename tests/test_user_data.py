@@ -188,6 +188,15 @@ GOOD = {"prompt": "p", "completion": "c"}
     ("int-among-strings", [{"text": "a", "label": "pos"}, {"text": "b", "label": 1}], "line 2", "label",
      "label 1 is a number"),
     ("bool-label", [{"text": "a", "label": True}], "line 1", "label", "label must be a string, an integer"),
+    # found by a hostile-input audit: each was a traceback or an error naming no line
+    ("lone-surrogate", [GOOD, '{"prompt": "\\ud800 x", "completion": "c"}'], "line 2", "prompt",
+     "invalid unicode (a lone surrogate"),
+    ("deep-nesting", [GOOD, '{"prompt": ' + "[" * 100_000 + "]" * 100_000 + ', "completion": "c"}'], "line 2", None,
+     "JSON nested too deeply to read"),
+    ("huge-integer", [{"text": "a", "label": 1}, '{"text": "b", "label": ' + "9" * 5000 + "}"], "line 2", None,
+     "unreadable JSON: Exceeds the limit"),
+    ("nan-label", [{"text": "a", "label": 0.5}, '{"text": "b", "label": NaN}'], "line 2", "label",
+     "label must be a finite number, got nan"),
 ])
 def test_bad_jsonl_names_file_line_and_key(tmp_path, tok, name, lines, where, key, message):
     path = write_jsonl(tmp_path / f"{name}.jsonl", lines)
@@ -225,6 +234,30 @@ def test_csv_errors_name_the_row_and_column(tmp_path, tok):
     with pytest.raises(UserDataError) as err:
         load_user_data(path, columns="prompt=questoin")
     assert "m.csv, line 1, key 'questoin'" in str(err.value) and "did you mean 'question'?" in str(err.value)
+
+
+@pytest.mark.parametrize(("name", "text", "where", "message"), [
+    ("extra.csv", "text,label\nhello,pos,extra\nbye,neg,more\n", "line 2", "3 fields where the header has 2"),
+    ("short.csv", "text,label\nhello,pos\nbye\n", "line 3", "1 field where the header has 2"),
+    ("extra.tsv", "text\tlabel\nhello\tpos\nbye\tneg\tmore\n", "line 3", "3 fields where the header has 2"),
+    ("after-quoted-newline.csv", 'text,label\n"two\nlines",pos\nbye,neg,x\n', "line 4", "3 fields"),
+    ("duplicate.csv", "text,text,label\na,b,pos\n", "line 1", "column 'text' appears twice in the header"),
+])
+def test_csv_rows_must_fit_the_header(tmp_path, name, text, where, message):
+    """pandas reads a row with one field more than the header as an index column: every column then shifts
+    by one (texts become labels) without a word; a repeated column name kept only one of them."""
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(UserDataError) as err:
+        load_user_data(path)
+    assert str(err.value).startswith(f"{path}, {where}: {message}"), str(err.value)
+
+
+def test_csv_quoted_newlines_and_blank_lines_still_read(tmp_path):
+    path = tmp_path / "ok.csv"
+    path.write_text('text,label\n"two\nlines",pos\n\nbye,neg\n', encoding="utf-8")
+    data = load_user_data(path)
+    assert data.columns["text"] == ["two\nlines", "bye"] and data.columns["label"] == ["pos", "neg"]
 
 
 def test_eval_file_label_never_seen_in_training(tmp_path, tok):

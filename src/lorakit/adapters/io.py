@@ -25,6 +25,7 @@ from ..lora.state import (
     AdapterFormatError,
     AdapterMismatchError,
     adapter_state_dict,
+    check_adapter_range,
     head_outputs_in_file,
     load_adapter_state_dict,
     resized_head,
@@ -166,6 +167,7 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "de
         if head_size_from_file:
             _resize_heads(model, name, tensors)
         load_adapter_state_dict(model, tensors, name, source=source)
+        check_adapter_range(model, name, source)
     return config
 
 

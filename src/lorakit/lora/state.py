@@ -8,6 +8,7 @@ defined here once, for loading into modules and for the server's routed path (``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
@@ -75,6 +76,36 @@ def check_adapter_tensors(expected: dict[str, list[int]], tensors: dict[str, tor
             bad = int((~torch.isfinite(value)).sum())
             raise AdapterFormatError(f"{source}: tensor {key!r} has {bad} non-finite value{'s' if bad > 1 else ''} "
                                      "(NaN or infinity)")
+
+
+def check_update_range(where: str, a: torch.Tensor, b: torch.Tensor, scaling: float, dtype: torch.dtype) -> None:
+    """``AdapterFormatError`` naming ``where`` unless factors A and B and every entry of the update
+    ``scaling * B @ A`` fit in ``dtype``: finite factors can still overflow once cast or multiplied (a huge
+    ``lora_alpha``, or values near the format's limit), which would make every output of the adapter NaN.
+    The bound is max|B| * max|A| * rank * |scaling|, a few reductions, no product formed."""
+    limit = torch.finfo(dtype).max
+    peaks = [float(t.detach().abs().max()) if t.numel() else 0.0 for t in (a, b)]
+    bound = abs(scaling) * a.shape[0] * math.prod(peaks)
+    if not abs(scaling) <= limit:  # written so that NaN fails too, here and below
+        problem = f"its scaling (lora_alpha/r) {scaling:.3g}"
+    elif not max(peaks) <= limit:
+        problem = f"a factor's value {max(peaks):.3g}"
+    elif not bound <= limit:
+        problem = f"the update (scaling {scaling:.3g}) x B @ A, which can reach {bound:.3g},"
+    else:
+        return
+    raise AdapterFormatError(f"{where}: {problem} is beyond {dtype}'s range ({limit:.3g}): every output of this "
+                             "adapter would be infinite or NaN; check lora_alpha and the tensors")
+
+
+def check_adapter_range(model: nn.Module, name: str, source: str) -> None:
+    """``check_update_range`` for every layer of adapter ``name`` as loaded in ``model``."""
+    for path, layer in lora_layers(model):
+        if name in layer.adapter_names:
+            params = dict(layer.adapter_named_parameters(name))
+            a = next(p for rel, p in params.items() if rel.startswith(("lora_A", "lora_embedding_A")))
+            b = next(p for rel, p in params.items() if rel.startswith(("lora_B", "lora_embedding_B")))
+            check_update_range(f"{source}: {path}", a, b, layer.scaling[name], a.dtype)
 
 
 @dataclass

@@ -47,6 +47,8 @@ from .http import (
 from .registry import AdapterRefused
 from .schemas import AdapterRequest, ChatRequest, ClassifyRequest, CompletionRequest, UnloadRequest
 
+MAX_REPORTED_ERRORS = 5  # a 422 lists this many of a body's problems and counts the rest
+
 
 def _endpoint(path: str) -> str:
     """A bounded label for metrics (unknown paths must not create one series each)."""
@@ -124,12 +126,20 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None, ad
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
-        problems = [f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body') or 'body'}: {e.get('msg')}"
-                    for e in err.errors()]
-        first = err.errors()[0].get("loc", ()) if err.errors() else ()
+        """422 naming the fields at fault: the first ``MAX_REPORTED_ERRORS`` of them and how many more, so a
+        body of many bad items cannot make a reply many times its own size."""
+        errors = err.errors()
+        if not_json := _not_json(request, errors):
+            return error_response(400, not_json, "invalid_request_error", code="invalid_json")
+        shown = errors[:MAX_REPORTED_ERRORS]
+        problems = [f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body') or 'body'}: {e.get('msg')}"[:500]
+                    for e in shown]
+        if len(errors) > len(shown):
+            problems.append(f"and {len(errors) - len(shown)} more")
+        first = errors[0].get("loc", ()) if errors else ()
         param = ".".join(str(x) for x in first if x != "body") or None
         body = error_body("; ".join(problems), "invalid_request_error", param)
-        body["detail"] = [{k: v for k, v in e.items() if k != "input" or _small(v)} for e in err.errors()]
+        body["detail"] = [{k: v for k, v in e.items() if k not in ("input", "ctx") or _small(v)} for e in shown]
         return SafeJSONResponse(body, status_code=422)
 
     def resolve(model: str) -> str | None:
@@ -199,6 +209,8 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None, ad
             raise ApiError(400, f"{base_name} is a classification model: use /v1/classify", param="model")
         try:
             adapter = resolve(body.model)
+            # before tokenizing: a request that can never fit is refused without holding up the others
+            engine.check_size((len(body.prompts()) if isinstance(body, CompletionRequest) else 1) * body.n)
         except Exception as err:
             raise api_error(err) from err
         loop = asyncio.get_running_loop()
@@ -293,6 +305,19 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None, ad
         return _classification(body.model, logits, labels, engine)
 
     return app
+
+
+def _not_json(request: Request, errors: list[dict[str, Any]]) -> str | None:
+    """The 400 message for a body that is not a JSON object sent as JSON (None: it is one): FastAPI reports
+    both as a validation error of field "body" or "0"."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if request.method == "POST" and kind != "application/json" and not kind.endswith("+json"):
+        return f"send the body as JSON with Content-Type: application/json (got {kind or 'no Content-Type'})"
+    bad = next((e for e in errors if e.get("type") == "json_invalid"), None)
+    if bad is not None:
+        where = bad.get("ctx", {}).get("error", "") if isinstance(bad.get("ctx"), dict) else ""
+        return f"the body is not valid JSON{': ' + str(where)[:200] if where else ''}"
+    return None
 
 
 def _small(value: Any) -> bool:

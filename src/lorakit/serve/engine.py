@@ -159,11 +159,16 @@ class Engine:
             return len(self._waiting)
 
     # --- submitting work (any thread)
-    def _put(self, items: list[GenerationRow | ClassifyJob]) -> None:
-        if len(items) > self.max_queue:  # could never fit: retrying later cannot help
-            raise RequestRejected(f"the request needs {len(items)} queue rows (prompts x n) but the queue holds at "
+    def check_size(self, rows: int) -> None:
+        """413 (``RequestRejected``) for a request of ``rows`` queue rows that could never fit: retrying later
+        cannot help. The server checks this before tokenizing, ``_put`` again when queueing."""
+        if rows > self.max_queue:
+            raise RequestRejected(f"the request needs {rows} queue rows (prompts x n) but the queue holds at "
                                   f"most {self.max_queue} (the server's --max-queue); send fewer prompts or a "
                                   "smaller n", status=413)
+
+    def _put(self, items: list[GenerationRow | ClassifyJob]) -> None:
+        self.check_size(len(items))
         with self._cond:
             if self._stop:
                 raise RuntimeError("the engine is stopped")

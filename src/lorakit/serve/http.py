@@ -81,7 +81,7 @@ def api_error(err: BaseException, param: str = "model") -> ApiError:
     if isinstance(err, ApiError):
         return err
     if isinstance(err, AdapterNotFound):
-        return ApiError(404, str(err), code="model_not_found", param=param)
+        return ApiError(404, str(err), code="model_not_found", param=getattr(err, "param", None) or param)
     if isinstance(err, AdapterConflict):
         return ApiError(409, str(err), param=param, code="adapter_name_taken")
     if isinstance(err, AdapterRefused):

@@ -27,6 +27,7 @@ from ..metrics.labels import LABELS_NAME
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # always fullmatch: "$" would accept "name\n"
 MAX_PATH_CHARS = 1024
+MAX_REGISTERED = 1024  # names a client may add with /v1/adapters/load {name, path}: /v1/models lists them all
 # every file a read opens
 ADAPTER_FILES = (CONFIG_NAME, WEIGHTS_NAME, LEGACY_WEIGHTS_NAME, LABELS_NAME, CHAT_TEMPLATE_NAME)
 
@@ -191,7 +192,9 @@ class AdapterRegistry:
             err.param = "path"
             raise
         if not (folder / CONFIG_NAME).is_file():
-            raise AdapterNotFound(f"no {CONFIG_NAME} in {_shown(path)} under the adapter folder")
+            missing = AdapterNotFound(f"no {CONFIG_NAME} in {_shown(path)} under the adapter folder")
+            missing.param = "path"
+            raise missing
         with self._lock:
             current = self._aliases.get(name)
             if current is None:
@@ -202,6 +205,9 @@ class AdapterRegistry:
                 raise AdapterConflict(f"adapter name {name!r} already names another adapter folder; a name keeps "
                                       "its folder for the server's life: pick a new name")
             new = name not in self._aliases and current is None
+            if new and len(self._aliases) >= MAX_REGISTERED:
+                raise AdapterRefused(f"{MAX_REGISTERED} names are registered with a path already (the most this "
+                                     "server keeps); reuse one of them", param="name")
             if new:
                 self._aliases[name] = folder
         return new

@@ -6,7 +6,10 @@ accepted only at their neutral value, so a request never silently means somethin
 Every request refuses what would otherwise fail deep inside with a 500: NaN and infinite numbers (JSON
 as Python parses it allows ``NaN`` and ``Infinity``), text that is not valid unicode (a lone surrogate
 such as ``"\ud800"`` cannot be tokenized or encoded), integers the engine cannot hold (seeds beyond 64
-bits), and empty prompts or inputs.
+bits), and empty prompts or inputs. Types are strict, as OpenAI's API is: ``"5"`` is not the number 5
+and ``"yes"`` is not ``true``. Lists that may hold several kinds of items (a prompt: texts, token ids or
+lists of ids) are checked item by item before pydantic sees them, so a long mixed list costs one error,
+not one per item and per alternative.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import typing
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from .registry import MAX_PATH_CHARS
 
@@ -54,10 +57,42 @@ def _invalid_unicode(value: Any) -> str | None:
     return None
 
 
+def _item_kind(item: Any) -> str:
+    if isinstance(item, str):
+        return "text"
+    if isinstance(item, int) and not isinstance(item, bool):
+        return "token id"
+    if isinstance(item, list):
+        return "list"
+    return "null" if item is None else type(item).__name__  # a JSON object is a dict, true a bool, ...
+
+
+def _uniform_list(value: Any, field: str, allowed: tuple[str, ...], inner: str | None = None) -> Any:
+    """``value`` unchanged if it is not a list, or a list whose items are all of one allowed kind (lists
+    holding only ``inner`` items); else a ValueError naming the first item that differs. Runs before
+    pydantic, which would otherwise report every item against every alternative of the field's type."""
+    if not isinstance(value, list) or not value:
+        return value
+    first = _item_kind(value[0])
+    for i, item in enumerate(value):
+        kind = _item_kind(item)
+        if kind not in allowed:
+            kinds = " or ".join(f"{a}s" for a in allowed)
+            raise ValueError(f"{field}[{i}] is a {kind}: a list here holds only {kinds}")
+        if kind != first:
+            raise ValueError(f"{field}[{i}] is a {kind} but {field}[0] is a {first}: one kind of item per list")
+        if kind == "list" and inner is not None:
+            bad = next((j for j, x in enumerate(item) if _item_kind(x) != inner), None)
+            if bad is not None:
+                raise ValueError(f"{field}[{i}][{bad}] is a {_item_kind(item[bad])}: a list here holds only "
+                                 f"{inner}s")
+    return value
+
+
 class _Request(BaseModel):
     """What every request body shares: unknown fields, non-finite numbers and invalid unicode are 422s."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -102,12 +137,21 @@ class _GenerationRequest(_Request):
     frequency_penalty: float = 0.0
     logit_bias: dict[str, float] | None = None
 
-    NEUTRAL: typing.ClassVar[tuple[tuple[str, Any], ...]] = (("presence_penalty", 0.0), ("frequency_penalty", 0.0))
+    # field -> the values that mean "not used", the only ones accepted (checked per field, so a 422 names it)
+    NEUTRAL: typing.ClassVar[dict[str, tuple[Any, ...]]] = {"presence_penalty": (0.0,), "frequency_penalty": (0.0,),
+                                                             "logit_bias": (None, {})}
 
     @field_validator("top_k")
     @classmethod
     def _top_k(cls, value: int) -> int:
         return max(value, 0)  # vLLM's -1 for "off" is lorakit's 0
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_list(cls, value: Any) -> Any:
+        if isinstance(value, list) and len(value) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop sequences, got {len(value)}")
+        return _uniform_list(value, "stop", ("text",))
 
     @field_validator("stop")
     @classmethod
@@ -122,14 +166,14 @@ class _GenerationRequest(_Request):
                              f"{max(len(s) for s in stops)}")
         return stops
 
-    @model_validator(mode="after")
-    def _unsupported(self) -> _GenerationRequest:
-        for name, neutral in self.NEUTRAL:
-            if getattr(self, name) != neutral:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not supported by this server")
-        if self.logit_bias:
-            raise ValueError("logit_bias is not supported by this server")
-        return self
+    @field_validator("*")
+    @classmethod
+    def _neutral_only(cls, value: Any, info: ValidationInfo) -> Any:
+        accepted = cls.NEUTRAL.get(info.field_name)
+        if accepted is not None and value not in accepted:  # the types are strict: 0 is never False here
+            raise ValueError(f"{info.field_name}={value!r} is not supported by this server (accepted: "
+                             f"{', '.join('null' if a is None else repr(a) for a in accepted)})")
+        return value
 
     @property
     def include_usage(self) -> bool:
@@ -148,7 +192,13 @@ class CompletionRequest(_GenerationRequest):
     best_of: int | None = None
     suffix: str | None = None
 
-    NEUTRAL = (*_GenerationRequest.NEUTRAL, ("echo", False), ("logprobs", None), ("suffix", None))
+    NEUTRAL = {**_GenerationRequest.NEUTRAL, "echo": (False,), "logprobs": (None,), "suffix": (None, ""),
+               "best_of": (None, 1)}
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt_items(cls, value: Any) -> Any:
+        return _uniform_list(value, "prompt", ("text", "token id", "list"), inner="token id")
 
     @field_validator("prompt")
     @classmethod
@@ -156,12 +206,6 @@ class CompletionRequest(_GenerationRequest):
         if isinstance(value, list) and not value:
             raise ValueError("prompt is an empty list: send a text, a list of texts or token ids")
         return value
-
-    @model_validator(mode="after")
-    def _no_best_of(self) -> CompletionRequest:
-        if self.best_of not in (None, 1):
-            raise ValueError("best_of is not supported by this server")
-        return self
 
     def new_tokens(self, longest_prompt: int, context: int | None) -> int:
         return self.max_tokens or 16  # OpenAI's default for completions
@@ -187,13 +231,7 @@ class ChatRequest(_GenerationRequest):
     logprobs: bool | None = None
     top_logprobs: int | None = None
 
-    NEUTRAL = (*_GenerationRequest.NEUTRAL, ("top_logprobs", None))
-
-    @model_validator(mode="after")
-    def _no_logprobs(self) -> ChatRequest:
-        if self.logprobs:
-            raise ValueError("logprobs=True is not supported by this server")
-        return self
+    NEUTRAL = {**_GenerationRequest.NEUTRAL, "logprobs": (None, False), "top_logprobs": (None,)}
 
     def new_tokens(self, longest_prompt: int, context: int | None) -> int:
         """The limit asked for, else as much as the context leaves, at most ``DEFAULT_CHAT_MAX_TOKENS`` (the
@@ -212,6 +250,17 @@ class ClassifyRequest(_Request):
     model: str = Field(min_length=1)
     input: str | list[str | Pair] = Field(max_length=MAX_INPUTS,
                                           description='a text, or a list of texts and ["text", "text"] pairs')
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _input_items(cls, value: Any) -> Any:
+        if isinstance(value, list) and len(value) > MAX_INPUTS:
+            raise ValueError(f"at most {MAX_INPUTS} inputs per request, got {len(value)}")
+        if isinstance(value, list):  # texts and pairs may mix; anything else is refused at its index
+            for i, item in enumerate(value):
+                if not isinstance(item, (str, list)):
+                    raise ValueError(f"input[{i}] is a {_item_kind(item)}: send texts or [text, text] pairs")
+        return value
 
     @field_validator("input")
     @classmethod

@@ -170,6 +170,8 @@ def _labels(data: UserData, table: _Table, key: str, optional: bool) -> tuple[li
             kinds.append("none")
             continue
         value, kind = _label_value(raw, table.strings)
+        if kind == "nonfinite":
+            raise UserDataError(f"label must be a finite number, got {raw}", data.path, data.where(i), key)
         if kind == "bad":
             raise UserDataError(f"label must be a string, an integer or a number, got {type_name(raw)}",
                                 data.path, data.where(i), key)
@@ -199,7 +201,7 @@ def _label_value(raw: Any, strings: bool) -> tuple[Any, str]:
     if isinstance(raw, int):
         return raw, "int"
     if isinstance(raw, float):
-        return raw, ("float" if math.isfinite(raw) else "bad")
+        return raw, ("float" if math.isfinite(raw) else "nonfinite")
     if isinstance(raw, str):
         value = raw.strip()
         if strings:  # CSV: "1" is an integer class, "0.75" a regression score

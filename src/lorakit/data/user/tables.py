@@ -1,14 +1,19 @@
 """Reading a file (JSON/JSONL here, CSV/TSV/Parquet/hub through ``datasets``) into rows or columns.
 
 Why apart: how bytes become rows is independent of what the rows mean; JSON is parsed here so errors
-name the line and nothing is silently retyped (``datasets`` unifies a column's schema)."""
+name the line and nothing is silently retyped (``datasets`` unifies a column's schema). CSV and TSV are
+read by ``datasets`` (pandas) after a check of their shape here: pandas would take a row with one field
+more than the header as an index column and shift every column by one, silently."""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,31 +71,72 @@ def _read_table(source: str | os.PathLike[str]) -> _Table:
     return _read_hub(text_source)
 
 
+# a JSON escape that may stand for half of a surrogate pair (a lone one is not text: it cannot be tokenized)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _parse(text: str, path: Path, where: str | None) -> Any:
+    """One JSON value; ``UserDataError`` naming ``where`` (None: a whole file, the parser's line) for
+    malformed JSON, nesting too deep to parse and numbers too long to convert (Python refuses integers over
+    4,300 digits)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        where = f"line {err.lineno}" if where is None else where
+        raise UserDataError(f"malformed JSON: {err.msg} (column {err.colno})", path, where) from None
+    except RecursionError:
+        raise UserDataError("JSON nested too deeply to read", path, where) from None
+    except ValueError as err:
+        raise UserDataError(f"unreadable JSON: {err}", path, where) from None
+
+
+def _check_unicode(rows: list[dict[str, Any]], table: _Table) -> None:
+    """``UserDataError`` naming the row and key of the first text holding a lone surrogate (``"\\ud800"``)."""
+    def bad(value: Any) -> bool:
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+            return False
+        if isinstance(value, dict):
+            return any(bad(k) or bad(v) for k, v in value.items())
+        return isinstance(value, list) and any(bad(v) for v in value)
+
+    for i, row in enumerate(rows):
+        for key, value in row.items():
+            if bad(key) or bad(value):
+                raise UserDataError("invalid unicode (a lone surrogate such as \\ud800): not text",
+                                    table.path, table.where(i), key)
+
+
 def _read_json(path: Path, kind: str) -> _Table:
     text = read_text(path)  # not UTF-8: an error naming the line
     if kind == "json" and text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise UserDataError(f"malformed JSON: {err.msg} (column {err.colno})", path, f"line {err.lineno}") from None
+        items = _parse(text, path, None)
         for i, item in enumerate(items):
             if not isinstance(item, dict):
                 raise UserDataError(f"expected a JSON object, got {type_name(item)}", path, f"item {i + 1}")
-        return _Table(str(path), list(items[0]) if items else [], "item", rows=items)
+        table = _Table(str(path), list(items[0]) if items else [], "item", rows=items)
+    else:
+        table = _read_json_lines(path, text)
+    if _SURROGATE_ESCAPE.search(text):  # rare: only then is every text checked
+        _check_unicode(table.rows, table)
+    return table
+
+
+def _read_json_lines(path: Path, text: str) -> _Table:
     lines = split_lines(text)  # "\n" only: never str.splitlines
     numbers = [n for n, line in enumerate(lines, start=1) if line.strip()]
     try:  # one parse of the whole file is 4x faster than a parse per line; errors are found line by line below
         rows = json.loads(f"[{','.join(lines[n - 1] for n in numbers)}]")
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         rows = None
     if rows is not None and len(rows) == len(numbers) and all(isinstance(row, dict) for row in rows):
         return _Table(str(path), list(rows[0]) if rows else [], "line", rows=rows, numbers=numbers)
     rows = []
     for number in numbers:
-        try:
-            row = json.loads(lines[number - 1])
-        except json.JSONDecodeError as err:
-            raise UserDataError(f"malformed JSON: {err.msg} (column {err.colno})", path, f"line {number}") from None
+        row = _parse(lines[number - 1], path, f"line {number}")
         if not isinstance(row, dict):
             raise UserDataError(f"expected a JSON object, got {type_name(row)}", path, f"line {number}")
         rows.append(row)
@@ -128,12 +174,41 @@ def _read_with_datasets(path: Path, kind: str) -> _Table:
 
 
 def _csv_header(path: Path, kind: str) -> list[str]:
-    first = split_lines(read_text(path))[:1]
+    """The header's column names, after checking that every row has as many fields as the header and that
+    no name repeats (``UserDataError`` naming the line)."""
+    text = read_text(path)
+    first = split_lines(text)[:1]
     if not first or not first[0].strip():
         raise UserDataError("empty file (expected a header row)", path, "line 1")
-    if kind == "tsv":
-        return first[0].split("\t")
-    return next(csv.reader([first[0]]))
+    if kind == "tsv":  # unquoted, as read below: a record is a line
+        records = ((n, line.split("\t")) for n, line in enumerate(split_lines(text), start=1))
+    else:
+        records = _csv_records(text, path)
+    header: list[str] = []
+    for number, fields in records:
+        if not header:
+            header = fields
+            seen: set[str] = set()
+            for name in header:
+                if name in seen:
+                    raise UserDataError(f"column {name!r} appears twice in the header", path, "line 1")
+                seen.add(name)
+        elif fields != [""] and fields and len(fields) != len(header):  # blank lines are skipped, as pandas does
+            raise UserDataError(f"{len(fields)} field{'s' * (len(fields) != 1)} where the header has {len(header)} "
+                                f"({', '.join(header)})", path, f"line {number}")
+    return header
+
+
+def _csv_records(text: str, path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(first line number, fields) of each CSV record; a quoted field may span lines."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    start = 1
+    try:
+        for fields in reader:
+            yield start, fields
+            start = reader.line_num + 1
+    except csv.Error as err:
+        raise UserDataError(f"malformed CSV: {err}", path, f"line {reader.line_num}") from None
 
 
 def _read_hub(name: str) -> _Table:

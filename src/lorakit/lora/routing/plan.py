@@ -20,6 +20,7 @@ from ..model import candidate_modules, make_layer, match_modules, set_module, wr
 from ..state import (
     AdapterMismatchError,
     check_adapter_tensors,
+    check_update_range,
     head_outputs_in_file,
     lora_factor_shapes,
     peft_key,
@@ -94,6 +95,7 @@ def plan_routed_adapter(model: nn.Module, config: LoraConfig, tensors: dict[str,
     check_adapter_tensors(expected, tensors, source)
     cast = {"device": weight.device, "dtype": weight.dtype}
     for path, (a_key, b_key, scaling) in staged.items():
+        check_update_range(f"{source}: {path}", tensors[a_key], tensors[b_key], scaling, weight.dtype)
         plan.factors[path] = (tensors[a_key].to(**cast), tensors[b_key].to(**cast), scaling)
     for path, params in plan.heads.items():
         prefix = peft_key(path, "")
