@@ -213,3 +213,13 @@ def test_clean_stale_recovers_the_trainers_result_folders(tmp_path):
     assert sorted(p.name for p in removed) == [".adapter.k3j2h1", ".adapter.partial-x", ".model.old",
                                                ".model.partial", ".model.partial-y"]
     assert [p.name for p in tmp_path.iterdir()] == ["adapter"]
+
+
+def test_strict_json_writes_null_for_non_finite_numbers():
+    """Report files (glue.json, protocol.json) are read by jq and JavaScript, which refuse Python's ``NaN``."""
+    import json
+    import math
+
+    text = files.strict_json({"pearson": math.nan, "scores": [math.inf, -math.inf, 1.5], "task": "stsb"}, indent=None)
+    assert text == '{"pearson": null, "scores": [null, null, 1.5], "task": "stsb"}'
+    json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in strict JSON"))

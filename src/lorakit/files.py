@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -20,6 +21,22 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+def strict_json(value: Any, indent: int | None = 2) -> str:
+    """``value`` as JSON that every parser reads: a NaN or infinite float (a collapsed run's correlation)
+    becomes ``null``, where ``json.dumps`` would write ``NaN``, which jq and JavaScript refuse. For report
+    files read by other tools; files lorakit reads back itself keep Python's JSON."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(value), indent=indent, allow_nan=False)
 
 
 def folder_bytes(folder: str | os.PathLike) -> int:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..data.common import DataFormatError, read_lines
 from ..data.glue import GlueExample
+from ..files import strict_json
 from ..quant import add_quantize_flag
 
 if TYPE_CHECKING:
@@ -195,7 +196,7 @@ def _benchmark_glue(args: argparse.Namespace) -> int:
     result = benchmark_glue(config, tasks, output, full=args.full)
     table = glue_markdown(result)
     (output / "glue.md").write_text(table + "\n")
-    (output / "glue.json").write_text(json.dumps(result, indent=2) + "\n")
+    (output / "glue.json").write_text(strict_json(result) + "\n")
     glue_plot(result, output / "glue.png")
     print("\n" + table + f"\n\nwrote {output}/glue.md, glue.json, glue.png")
     return 0
@@ -208,7 +209,7 @@ def _glue_protocol(args: argparse.Namespace, config: dict, tasks: list[str], out
     table = protocol_markdown(result)
     output.mkdir(parents=True, exist_ok=True)
     (output / "protocol.md").write_text(table + "\n")
-    (output / "protocol.json").write_text(json.dumps(result, indent=2) + "\n")
+    (output / "protocol.json").write_text(strict_json(result) + "\n")
     print("\n" + table + f"\n\nwrote {output}/protocol.md, protocol.json")
     return 0
 
@@ -243,7 +244,7 @@ def _benchmark_sweep(args: argparse.Namespace) -> int:
     table = sweep_markdown(rows)
     output.mkdir(parents=True, exist_ok=True)
     (output / f"sweep-{args.task}.md").write_text(table + "\n")
-    (output / f"sweep-{args.task}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (output / f"sweep-{args.task}.json").write_text(strict_json(rows) + "\n")
     sweep_plot(rows, output / f"sweep-{args.task}.png", args.default_targets.split(","))
     print("\n" + table + f"\n\nwrote {output}/sweep-{args.task}.md, .json, .png")
     return 0
