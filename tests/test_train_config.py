@@ -64,6 +64,9 @@ def test_json_use_rslora_string_is_not_true(tmp_path):
     path.write_text("[1, 2]")
     with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: expected a table of settings"):
         TrainConfig.from_file(path)
+    path.write_text('{"lr": 0.1, "lr": 0.2}')  # TOML refuses a repeated key; JSON's parser kept the last
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: setting 'lr' is given twice"):
+        TrainConfig.from_file(path)
 
 
 def test_python_construction_is_checked_too():

@@ -193,6 +193,40 @@ def test_resume_past_a_shorter_max_steps_is_refused_with_the_fix(finished, tmp_p
     assert "step 4" in err and "--max-steps 4" in err, err
 
 
+# --- damaged runs (found by a hostile-input audit) ------------------------------------------------------
+@pytest.mark.parametrize("damage", ["state.pt", "trainable.safetensors", "rng-0.pt"])
+def test_a_finished_run_with_only_incomplete_checkpoints_is_refused_not_restarted(finished, tmp_path, capsys, damage):
+    """``--resume`` used to start such a run again from step 0, overwriting its log and adapter, and exit 0."""
+    run = _copy(finished["lora"], tmp_path / "run")
+    for checkpoint in (run / "checkpoints").glob("step-*"):
+        (checkpoint / damage).unlink()
+    log, result = (run / "log.jsonl").read_text(), _result(run)
+    assert main(["train", "--config", str(run / "run_config.json"), "--resume", "--max-steps", "6"]) == 2
+    err = capsys.readouterr().err
+    assert "holds only incomplete checkpoints (step-0000002, step-0000004" in err, err
+    assert "would overwrite adapter, summary.json" in err
+    assert (run / "log.jsonl").read_text() == log and _same(_result(run), result)
+
+
+@pytest.mark.parametrize(("name", "content"), [("trainable.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00garbage"),
+                                               ("state.pt", b"not a checkpoint")])
+def test_a_garbled_checkpoint_file_is_one_line_naming_it(finished, tmp_path, capsys, name, content):
+    run = _copy(finished["lora"], tmp_path / "run")
+    (run / "checkpoints" / "step-0000004" / name).write_bytes(content)
+    log = (run / "log.jsonl").read_text()
+    assert main(["train", "--config", str(run / "run_config.json"), "--resume", "--max-steps", "6"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # not the progress bar
+    assert len(errors) == 1 and f"step-0000004/{name}: cannot read this checkpoint file" in errors[0], errors
+    assert (run / "log.jsonl").read_text() == log
+
+
+def test_a_run_config_that_is_not_a_table_is_named(workspace, finished, tmp_path, capsys):
+    run = _copy(finished["lora"], tmp_path / "run")
+    (run / "run_config.json").write_text("[1, 2]")
+    assert main(_args(workspace, run, "--resume", "--max-steps", "6")) == 2
+    assert f"{run / 'run_config.json'}: expected a table of settings, got list" in capsys.readouterr().err
+
+
 # --- time budget ----------------------------------------------------------------------------------------
 def _config(workspace: Path, output: Path, **kw) -> TrainConfig:
     base = dict(task="e2e", model=str(workspace / "tiny-llama"), data=str(workspace / "data"), output=str(output),

@@ -20,6 +20,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -140,9 +141,24 @@ def clean_stale(output: str | Path) -> list[Path]:
     return removed
 
 
+def _read(file: Path, reader: Callable[[Path], Any]) -> Any:
+    """``reader(file)``, or a one-line ValueError naming the file (a truncated or garbled checkpoint raises
+    safetensors' and the unpickler's own errors, some of them many lines long)."""
+    try:
+        return reader(file)
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:200]  # no advice to unpickle
+        raise ValueError(f"{file}: cannot read this checkpoint file ({first}); resume from another checkpoint "
+                         "(point checkpoints/latest at it) or start afresh") from None
+
+
 def restore(folder: Path, model: nn.Module, optimizer, scheduler, rank: int, scaler=None) -> int:
-    """Load a checkpoint into the run's objects; returns the step it was taken at."""
-    tensors = load_file(str(folder / "trainable.safetensors"))
+    """Load a checkpoint into the run's objects; returns the step it was taken at. Every file is read before
+    anything is changed."""
+    tensors = _read(folder / "trainable.safetensors", lambda f: load_file(str(f)))
+    state = _read(folder / "state.pt", lambda f: torch.load(f, map_location="cpu", weights_only=True))
+    rng_file = folder / f"rng-{rank}.pt"
+    rng = _read(rng_file if rng_file.exists() else folder / "rng-0.pt", lambda f: torch.load(f, weights_only=True))
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if set(tensors) != set(params):
         missing = sorted(set(params) - set(tensors)) or sorted(set(tensors) - set(params))
@@ -151,11 +167,9 @@ def restore(folder: Path, model: nn.Module, optimizer, scheduler, rank: int, sca
     with torch.no_grad():
         for name, value in tensors.items():
             params[name].copy_(value)
-    state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
-    rng_file = folder / f"rng-{rank}.pt"
-    set_rng_state(torch.load(rng_file if rng_file.exists() else folder / "rng-0.pt", weights_only=True))
+    set_rng_state(rng)
     return int(state["step"])

@@ -113,10 +113,10 @@ class TrainConfig:
             text = path.read_text()
         except UnicodeDecodeError as err:
             raise ValueError(f"{path}: not a text file ({err.reason} at byte {err.start})") from None
-        try:
-            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path}: {err}") from err
+        try:  # a key given twice is an error in TOML; JSON's parser would keep the last silently
+            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text, object_pairs_hook=_unique_keys)
+        except (tomllib.TOMLDecodeError, ValueError, RecursionError) as err:
+            raise ValueError(f"{path}: {err or 'nested too deeply'}") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a table of settings, got {type(data).__name__}")
         try:
@@ -145,6 +145,16 @@ class TrainConfig:
 
 # Earlier names of settings, read from older files (a run_config.json to resume) and mapped to today's.
 RENAMED = {"rank": "lora_rank", "alpha": "lora_alpha", "dropout": "lora_dropout", "targets": "target_modules"}
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys all differ (``json.loads``' ``object_pairs_hook``)."""
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise ValueError(f"setting {key!r} is given twice")
+        data[key] = value
+    return data
 
 
 def _renamed(data: dict[str, Any]) -> dict[str, Any]:

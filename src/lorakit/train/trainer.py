@@ -273,13 +273,18 @@ class Trainer:
                 print(f"removed {path}: left half-written by a stopped process")
         self.procs.barrier()
         point = ckpt.resume_point(self.output)
+        self.check_same_settings()
         if point is None:
+            self.check_nothing_to_lose()
             if self.procs.main:
                 self.log.truncate_after(0)
                 print(f"--resume: no complete checkpoint in {ckpt.checkpoint_root(self.output)}: "
                       "starting from step 0")
             return 0
-        self.check_same_settings()
+        named = ckpt.latest_checkpoint(self.output)
+        if self.procs.main and named != point:
+            print(f"--resume: {ckpt.checkpoint_root(self.output) / ckpt.LATEST} does not name a complete checkpoint; "
+                  f"using the newest complete one, {point.name}")
         step = ckpt.step_of(point)
         if step > self.total_steps:
             raise ValueError(f"{point} is at step {step}, past this run's {self.total_steps} steps; resume with "
@@ -294,12 +299,33 @@ class Trainer:
     RESUMABLE_CHANGES = ("output", "max_steps", "epochs", "time_budget", "samples", "log_every", "save_every",
                          "keep_checkpoints")
 
+    def check_nothing_to_lose(self) -> None:
+        """Starting a resumed run from step 0 is for runs stopped before their first checkpoint. A folder
+        with checkpoints that are all incomplete (damaged, or from another version) or with a finished result
+        is refused instead: training again would overwrite that result."""
+        root = ckpt.checkpoint_root(self.output)
+        damaged = sorted(p.name for p in root.glob("step-*")) if root.is_dir() else []
+        results = [p.name for p in (self.output / "adapter", self.output / "model", self.output / "summary.json")
+                   if p.exists()]
+        if damaged or results:
+            what = (f"{root} holds only incomplete checkpoints ({', '.join(damaged)}; each needs "
+                    f"{', '.join(ckpt.CHECKPOINT_FILES)})" if damaged else f"{root} holds no checkpoint")
+            raise ValueError(f"--resume: {what}, and starting again from step 0 would overwrite "
+                             f"{', '.join(results) or 'the run'} in {self.output}; to start afresh remove the folder "
+                             "or choose another --output")
+
     def check_same_settings(self) -> None:
         """Resuming is exact only with the settings the run started with (batch plan, schedule, model)."""
         saved_path = self.output / "run_config.json"
         if not saved_path.is_file():
             return
-        saved, now = json.loads(saved_path.read_text()), self.config.to_dict()
+        try:
+            saved = json.loads(saved_path.read_text())
+        except (UnicodeDecodeError, ValueError) as err:
+            raise ValueError(f"{saved_path}: not a readable run configuration ({err})") from None
+        if not isinstance(saved, dict):
+            raise ValueError(f"{saved_path}: expected a table of settings, got {type(saved).__name__}")
+        now = self.config.to_dict()
         saved = {RENAMED.get(k, k): v for k, v in saved.items()}  # written by an earlier version
         changed = [k for k in now if k not in self.RESUMABLE_CHANGES and saved.get(k, now[k]) != now[k]]
         if changed:
