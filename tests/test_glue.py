@@ -221,6 +221,27 @@ def _benchmark_setup(tmp_path: Path, tiny_bert_dir: Path) -> tuple[Path, Path]:
     return root, config
 
 
+@pytest.mark.parametrize(("toml", "message"), [
+    ('tasks = ["sst2"]\nlerning_rate = 1\n', "unknown setting 'lerning_rate'"),
+    ('tasks = ["sst2"]\n[task.sst2]\nepochz = 3\n', "[task.sst2] unknown setting 'epochz' (did you mean 'epochs'?)"),
+    ('tasks = ["sst2", "stsb"]\n[task.stsb.lora]\nrank = 4\n', "[task.stsb.lora] unknown setting 'rank'"),
+    ('tasks = ["sst2"]\n[task.colaa]\nepochs = 1\n', "unknown GLUE task 'colaa'"),
+    ('tasks = "sst2"\n', "tasks must be a list of GLUE task names"),
+    ('task = "sst2"\n', "'task' holds [task.<name>] tables"),
+    ('tasks = ["sst2", "stsb"]\n[task.stsb]\nepochs = -1\n', "stsb (lora): "),
+])
+def test_benchmark_config_mistakes_are_named_before_anything_trains(tmp_path: Path, toml: str, message: str,
+                                                                     capsys) -> None:
+    """Misspelled keys were dropped silently (every run trained with the default), and a bad key for the
+    second task was found only after the first had trained."""
+    config = tmp_path / "glue.toml"
+    config.write_text(toml)
+    assert lorakit_main(["benchmark", "glue", "--config", str(config), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}: " in err and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_benchmark_glue_command(tmp_path: Path, tiny_bert_dir: Path, capsys) -> None:
     """The multi-run command on two tiny tasks: every run is a real `lorakit train` process."""
     root, config = _benchmark_setup(tmp_path, tiny_bert_dir)

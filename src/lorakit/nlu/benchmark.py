@@ -7,6 +7,7 @@ benchmark can be stopped and started again. Sizes are measured on disk, times co
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -70,7 +71,9 @@ def run_training(settings: dict[str, Any], output: Path) -> dict[str, Any]:
         cmd = [sys.executable, "-m", "lorakit.cli", "train", "--config", str(config_path),
                *(["--resume"] if resume else [])]
         print(f"\n$ lorakit train --config {config_path}" + (" --resume" if resume else ""), flush=True)
-        subprocess.run(cmd, check=True)
+        if (code := subprocess.run(cmd).returncode) != 0:
+            raise RuntimeError(f"lorakit train for {output} failed (exit status {code}; its error is above); "
+                               "finished runs are kept and reused when the command runs again")
     summary = json.loads(done.read_text())
     scores_path = output / "dev_scores.json"
     scores = json.loads(scores_path.read_text()) if scores_path.is_file() else {}
@@ -83,13 +86,60 @@ def run_training(settings: dict[str, Any], output: Path) -> dict[str, Any]:
 
 def read_benchmark_config(path: str | os.PathLike) -> dict[str, Any]:
     """TOML: top-level TrainConfig settings for every run, ``[lora]`` and ``[full]`` for one method,
-    ``[task.<name>]`` for one task and ``[task.<name>.lora]`` / ``[task.<name>.full]`` for both."""
+    ``[task.<name>]`` for one task and ``[task.<name>.lora]`` / ``[task.<name>.full]`` for both. Its layout
+    and keys are checked here, naming the file and table: a misspelled key would otherwise be dropped (it
+    names no training setting) and every run would train with the default."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a text file ({err.reason} at byte {err.start})") from None
     except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path}: {err}") from err
+        raise ValueError(f"{path}: {err}") from None
+    _check_layout(data, str(path))
     return data
+
+
+def _check_layout(config: dict[str, Any], where: str) -> None:
+    known = set(TrainConfig.__dataclass_fields__)
+
+    def check_keys(table: Any, place: str, tables: tuple[str, ...] = ()) -> None:
+        if not isinstance(table, dict):
+            raise ValueError(f"{where}: {place} must be a table of training settings, got {table!r}")
+        for key in table:
+            if key not in known and key not in tables:
+                close = difflib.get_close_matches(key, sorted(known | set(tables)), n=1)
+                raise ValueError(f"{where}: {place}unknown setting {key!r}"
+                                 + (f" (did you mean {close[0]!r}?)" if close else ""))
+
+    if "task" in config and not isinstance(config["task"], dict):
+        raise ValueError(f"{where}: 'task' holds [task.<name>] tables of one task's settings; the tasks to run "
+                         f"are tasks = [...], got task = {config['task']!r}")
+    tasks = config.get("tasks")
+    if tasks is not None and (not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks)):
+        raise ValueError(f"{where}: tasks must be a list of GLUE task names, e.g. tasks = [\"rte\"], got {tasks!r}")
+    for task in [*(tasks or []), *config.get("task", {})]:
+        try:
+            glue_spec(task)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+    check_keys({k: v for k, v in config.items() if k not in ("tasks", "lora", "full", "task")}, "")
+    for method in ("lora", "full"):
+        check_keys(config.get(method, {}), f"[{method}] ")
+    for task, table in config.get("task", {}).items():
+        check_keys(table, f"[task.{task}] ", ("lora", "full"))
+        for method in ("lora", "full"):
+            check_keys(table.get(method, {}), f"[task.{task}.{method}] ")
+
+
+def check_settings(config: dict[str, Any], tasks: list[str], methods: list[str], where: str) -> None:
+    """Every run's settings checked as ``lorakit train`` will check them, before the first one trains."""
+    for task in tasks:
+        for method in methods:
+            try:
+                TrainConfig(**settings_for(config, task, method))
+            except ValueError as err:
+                raise ValueError(f"{where}: {task} ({method}): {err}") from None
 
 
 def settings_for(config: dict[str, Any], task: str, method: str) -> dict[str, Any]:

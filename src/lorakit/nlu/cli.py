@@ -185,11 +185,12 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
 
 
 def _benchmark_glue(args: argparse.Namespace) -> int:
-    from .benchmark import benchmark_glue, glue_markdown, glue_plot, read_benchmark_config
+    from .benchmark import benchmark_glue, check_settings, glue_markdown, glue_plot, read_benchmark_config
 
     config = read_benchmark_config(args.config)
     config.update({k: v for k, v in (("model", args.model), ("data", args.data)) if v})
     tasks = args.tasks or config.get("tasks") or ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte"]
+    check_settings(config, tasks, ["lora", "full"] if args.full else ["lora"], args.config)
     output = Path(args.output or config.get("output", "runs/glue"))
     if args.lr_factors or args.seeds:
         return _glue_protocol(args, config, tasks, output)
