@@ -417,3 +417,47 @@ def test_cli_rerank_writes_each_inputs_least_wrong_hypothesis(smollm2, tmp_path,
     chosen, summary = rerank_by_slots(mrs, hypotheses)
     assert out.read_text().splitlines() == [" ".join(t.split()) for t in chosen]
     assert str(summary) in capsys.readouterr().err
+
+
+# --- flags checked before any model loads (found by a hostile-input audit) --------------------------------
+@pytest.mark.parametrize(("args", "message"), [
+    (["generate", "--task", "e2e", "--split", "dev", "--limit", "0"], "--limit: must be at least 1, got 0"),
+    (["generate", "--task", "e2e", "--split", "dev", "--limit", "-1"], "--limit: must be at least 1, got -1"),
+    (["generate", "--task", "e2e", "--split", "dev", "--batch-size", "0"], "--batch-size: must be at least 1"),
+    (["generate", "--task", "e2e", "--split", "dev", "--strategy", "sample", "--temperature", "nan"],
+     "temperature and length_penalty must be finite numbers"),
+    (["generate", "--task", "e2e", "--split", "dev", "--strategy", "beam", "--length-penalty", "inf"],
+     "temperature and length_penalty must be finite numbers"),
+    (["predict", "--data", "x.csv", "--max-length", "0"], "--max-length: must be at least 2, got 0"),
+    (["predict", "--data", "x.csv", "--batch-size", "-5"], "--batch-size: must be at least 1, got -5"),
+])
+def test_bad_decoding_and_prediction_flags_fail_before_the_model_loads(tmp_path, capsys, args, message):
+    """``--limit -1`` silently dropped the last input (``inputs[:-1]``), ``--temperature nan`` decoded greedily
+    and ``--limit 0``, ``--max-length -3`` or ``--batch-size 0`` ended in tracebacks after the model loaded.
+    The model named here does not exist: the error must come first."""
+    output = ["--output", str(tmp_path / "out.txt")]
+    assert _exit_code([args[0], "--model", str(tmp_path / "no-model"), *args[1:], *output]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out.txt").exists()
+
+
+def _exit_code(argv: list[str]) -> int:
+    """``lorakit`` with ``argv``: its return value, or the status argparse exits with."""
+    from lorakit.cli import main
+
+    try:
+        return main(argv)
+    except SystemExit as stop:
+        return int(stop.code)
+
+
+@pytest.mark.parametrize("command", ["generate", "evaluate"])
+def test_an_output_path_that_cannot_be_written_fails_first(tmp_path, capsys, command):
+    """The decoding or scoring ran to the end, then failed naming a temporary file."""
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    args = (["generate", "--model", str(tmp_path / "no-model"), "--task", "e2e", "--split", "dev", "--output",
+             str(folder)] if command == "generate" else ["evaluate", str(tmp_path / "p.txt"), "--task", "e2e",
+                                                            "--slot-errors", str(folder)])
+    assert _exit_code(args) == 2
+    assert f"{folder} is a folder; name a file" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -142,6 +143,14 @@ def test_read_mrs_lines_and_csv(tmp_path: Path) -> None:
     (tmp_path / "empty.txt").write_text("\n", encoding="utf-8")
     with pytest.raises(MetricsFileError, match="MRs file is empty"):
         read_mrs(tmp_path / "empty.txt")
+    # a slot twice (also under E2E's other spelling) or without a value: SER cannot score it (the empty value
+    # counted as realised); both were accepted, or refused without the file and line
+    for text, message in [("name[X]\nname[X], name[Y]\n", "line 2: MR names a slot twice"),
+                          ("name[X], customerRating[low], customer rating[high]\n", "line 1: MR names a slot twice"),
+                          ("name[X]\nname[Y], eatType[]\n", "line 2: MR gives slot 'eatType' no value")]:
+        bad.write_text(text, encoding="utf-8")
+        with pytest.raises(MetricsFileError, match=rf"bad\.txt: {re.escape(message)}"):
+            read_mrs(bad)
 
 
 def _no_scorer(monkeypatch: pytest.MonkeyPatch) -> None:

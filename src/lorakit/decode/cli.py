@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..data.common import read_lines
 from ..files import atomic_write
+from ..flags import int_at_least, output_file
 from ..quant import add_quantize_flag
 from .config import PRESETS, STRATEGIES, DecodeConfig, preset
 from .rerank import RERANKERS, rerank_by_slots
@@ -62,8 +63,8 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--chat-template", metavar="FILE",
                    help="Jinja chat template for --data conversations, for a base whose tokenizer has none")
     p.add_argument("--raw", action="store_true", help="with --input: use each line as the prompt as it is")
-    p.add_argument("--limit", type=int, help="decode only the first N inputs")
-    p.add_argument("--output", required=True, help="file to write, one prediction per line")
+    p.add_argument("--limit", type=int_at_least(1), help="decode only the first N inputs")
+    p.add_argument("--output", required=True, type=output_file, help="file to write, one prediction per line")
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help="decoding settings to start from (default: the task's, else greedy)")
     p.add_argument("--strategy", choices=STRATEGIES)
@@ -79,7 +80,8 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--rerank", choices=RERANKERS,
                    help="slots (E2E): of each input's beam hypotheses keep the most likely one with the fewest "
                         "slot errors against its MR (semantic reranking, as the E2E challenge systems did)")
-    p.add_argument("--batch-size", type=int, default=16, help="inputs per batch (beam search: x num_beams rows)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=16,
+                   help="inputs per batch (beam search: x num_beams rows)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                    help="weights' dtype; bfloat16 is ~2x faster on CPUs with AMX/AVX512-BF16, outputs may differ")

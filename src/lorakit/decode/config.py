@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -46,6 +47,9 @@ class DecodeConfig:
             raise ValueError(f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
         if self.early_stopping not in (True, False, "never"):
             raise ValueError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
+        if not (math.isfinite(self.temperature) and math.isfinite(self.length_penalty)):  # NaN passes any <, >
+            raise ValueError(f"temperature and length_penalty must be finite numbers, got {self.temperature} and "
+                             f"{self.length_penalty}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0 (use strategy='greedy' for argmax), got {self.temperature}")
         if self.top_k < 0:

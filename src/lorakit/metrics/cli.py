@@ -10,6 +10,8 @@ import sys
 import warnings
 from typing import Any
 
+from ..flags import output_file
+
 REFS_HELP = "references: an input's references on consecutive lines, inputs separated by one empty line"
 SLOT_ERRORS_HELP = ("write the outputs with slot errors (the MR values missing, added or wrong in each) to PATH, "
                     "after a summary line")
@@ -130,9 +132,10 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
                           help="with --task: score the split's first N inputs (as `lorakit generate --limit N` "
                                "decodes them)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    evaluate.add_argument("--write-refs", metavar="PATH",
+    evaluate.add_argument("--write-refs", metavar="PATH", type=output_file,
                           help="with --task: also write the split's references in the e2e-metrics layout to PATH")
-    evaluate.add_argument("--slot-errors", metavar="PATH", help=f"with --task e2e: {SLOT_ERRORS_HELP}")
+    evaluate.add_argument("--slot-errors", metavar="PATH", type=output_file,
+                          help=f"with --task e2e: {SLOT_ERRORS_HELP}")
     evaluate.set_defaults(func=_evaluate)
     return evaluate
 
@@ -151,7 +154,7 @@ def add_metrics_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
             sub.add_argument("--mrs", metavar="MRS_FILE",
                              help="the inputs' MRs (name[X], eatType[pub], ...), one per line in the outputs' order, "
                                   "or an E2E CSV (MRs in first-appearance order): adds the slot error rate SER")
-            sub.add_argument("--slot-errors", metavar="PATH", help=f"with --mrs: {SLOT_ERRORS_HELP}")
+            sub.add_argument("--slot-errors", metavar="PATH", type=output_file, help=f"with --mrs: {SLOT_ERRORS_HELP}")
         sub.set_defaults(func=_run, benchmark=name)
     return metrics
 

@@ -249,12 +249,21 @@ def _resolve(found: list[_Mention], mr: dict[str, str]) -> list[_Mention]:
     return sorted(spans.values(), key=lambda m: m.start)
 
 
+def checked_mr(mr: str) -> list[tuple[str, str]]:
+    """``canonical_mr``, refusing what the slot error rate cannot score: a slot named twice (also as
+    ``customerRating`` and ``customer rating``) or given an empty value (it would always count as realised)."""
+    pairs = canonical_mr(mr)
+    if len(dict(pairs)) != len(pairs):
+        raise ValueError(f"MR names a slot twice: {mr!r}")
+    if empty := next((slot for slot, value in pairs if not value), None):
+        raise ValueError(f"MR gives slot {empty!r} no value: {mr!r}")
+    return pairs
+
+
 def slot_errors(mr: str, text: str) -> SlotErrors:
     """Missing, added and wrong slot values of ``text`` against ``mr`` (E2E's ``name[X], eatType[pub]``)."""
-    pairs = canonical_mr(mr)
+    pairs = checked_mr(mr)
     given = dict(pairs)
-    if len(given) != len(pairs):
-        raise ValueError(f"MR names a slot twice: {mr!r}")
     mentions = _resolve(_mentions(text, given), given)
     result = SlotErrors(pairs)
     for slot in [*given, *dict.fromkeys(m.slot for m in mentions if m.slot not in given)]:
@@ -331,10 +340,12 @@ def slot_scores(mrs: Sequence[str], texts: Sequence[str],
 def read_mrs(path: str | os.PathLike[str]) -> list[str]:
     """MRs one per line (``name[X], eatType[pub]``), or a ``.csv`` in E2E's layout (its MRs in first-appearance
     order, the order of ``lorakit evaluate --write-refs``); a malformed MR is an error naming its line."""
+    csv = Path(path).suffix.lower() == ".csv"
     try:
-        if Path(path).suffix.lower() == ".csv":
-            return [mr for mr, _ in read_e2e_csv(path, require_refs=False)]
-        lines = [line.strip() for line in read_lines(path)]
+        if csv:
+            lines = [mr for mr, _ in read_e2e_csv(path, require_refs=False)]
+        else:
+            lines = [line.strip() for line in read_lines(path)]
     except DataFormatError as err:
         raise MetricsFileError(str(err)) from None
     while lines and not lines[-1]:
@@ -343,7 +354,7 @@ def read_mrs(path: str | os.PathLike[str]) -> list[str]:
         raise MetricsFileError(f"{path}: MRs file is empty")
     for number, line in enumerate(lines, start=1):
         try:
-            canonical_mr(line)
+            checked_mr(line)
         except ValueError as err:
-            raise MetricsFileError(f"{path}: line {number}: {err}") from None
+            raise MetricsFileError(f"{path}: {'MR' if csv else 'line'} {number}: {err}") from None
     return lines

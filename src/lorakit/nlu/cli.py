@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from ..data.common import DataFormatError, read_lines
 from ..data.glue import GlueExample
 from ..files import strict_json
+from ..flags import int_at_least, output_file
 from ..quant import add_quantize_flag
 
 if TYPE_CHECKING:
@@ -172,11 +173,13 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--data", help="your own file to classify (CSV, TSV, JSONL, JSON, Parquet); with --task: the "
                                   "data folder (default: $LORAKIT_DATA)")
     p.add_argument("--columns", help="map your file's column names, e.g. text=sentence,label=sentiment")
-    p.add_argument("--output", help="write predictions here, one per line (default: print them beside the inputs)")
+    p.add_argument("--output", type=output_file,
+                   help="write predictions here, one per line (default: print them beside the inputs)")
     p.add_argument("--glue-submission", action="store_true", help="write GLUE's index<TAB>prediction format")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int_at_least(1), default=64)
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
-    p.add_argument("--max-length", type=int, default=256, help="without --task: tokens per input (default: 256)")
+    p.add_argument("--max-length", type=int_at_least(2), default=256,
+                   help="without --task: tokens per input (default: 256)")
     p.add_argument("--truncation", choices=["right", "left"], default="right",
                    help="without --task: which end of a longer input is cut (default: right)")
     add_quantize_flag(p)
