@@ -461,3 +461,15 @@ def test_an_output_path_that_cannot_be_written_fails_first(tmp_path, capsys, com
                                                             "--slot-errors", str(folder)])
     assert _exit_code(args) == 2
     assert f"{folder} is a folder; name a file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("prompt_tokens", "new_tokens"), [(70, 4), (40, 30)])
+def test_inputs_beyond_the_context_are_named_before_decoding(prompt_tokens, new_tokens):
+    """GPT-2's learned positions end at n_positions (64 here): a longer input raised an IndexError deep in the
+    forward pass, after the inputs before it had been decoded."""
+    model = make("gpt2")
+    prompts = [[1, 2, 3], list(range(1, prompt_tokens + 1))]
+    with pytest.raises(ValueError, match=rf"input 2 is {prompt_tokens} tokens; with max_new_tokens {new_tokens} "
+                                         rf"that is {prompt_tokens + new_tokens}, beyond the model's context of 64"):
+        generate_ids(model, prompts, DecodeConfig(max_new_tokens=new_tokens), eos_token_id=0)
+    assert generate_ids(model, prompts[:1], DecodeConfig(max_new_tokens=new_tokens), eos_token_id=0)  # fits

@@ -73,6 +73,30 @@ def generate_hypotheses(model: nn.Module, tokenizer, prompts: Sequence[str], con
     return [[_text(tokenizer, tokens) for tokens in hypotheses] for hypotheses in found]
 
 
+def context_length(model: nn.Module) -> int | None:
+    """The most positions the model takes (prompt + new tokens), from its config; None if it names none."""
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_context(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> None:
+    """ValueError naming the first input whose tokens and ``max_new_tokens`` exceed the model's context: a
+    model with learned positions (GPT-2) fails with an IndexError deep in its forward otherwise, after the
+    inputs before it were decoded, and others decode past the length they were trained for."""
+    context = context_length(model)
+    if context is None:
+        return
+    for i, prompt in enumerate(prompts):
+        if len(prompt) + max_new_tokens > context:
+            raise ValueError(f"input {i + 1} is {len(prompt)} tokens; with max_new_tokens {max_new_tokens} that "
+                             f"is {len(prompt) + max_new_tokens}, beyond the model's context of {context} tokens: "
+                             "shorten it or lower max_new_tokens")
+
+
 def _decode_texts(model: nn.Module, tokenizer, prompts: Sequence[str], config: DecodeConfig | None,
                   batch_size: int, progress: bool, add_special_tokens: bool) -> list[list[list[int]]]:
     """``_decode`` of text prompts, tokenized as training saw them, with the model's and tokenizer's stops."""
@@ -97,6 +121,7 @@ def _decode(model: nn.Module, prompts: Sequence[Sequence[int]], config: DecodeCo
         eos = [int(t) for t in ([eos_token_id] if isinstance(eos_token_id, int) else eos_token_id)]
     pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
     prompts = [list(p) for p in prompts]
+    check_context(model, prompts, config.max_new_tokens)
     outputs: list[list[list[int]]] = [[] for _ in prompts]
     lm = CausalLM(model)
     bar = _progress_bar(len(prompts), progress)

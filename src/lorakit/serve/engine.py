@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..decode.api import eos_ids
+from ..decode.api import context_length, eos_ids
 from ..decode.batch import LiveBatch, take_token
 from ..decode.cache import growable, new_cache
 from ..decode.runner import CausalLM
@@ -144,12 +144,7 @@ class Engine:
 
     @property
     def context_length(self) -> int | None:
-        config = getattr(self.model, "config", None)
-        for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-            value = getattr(config, key, None)
-            if isinstance(value, int) and value > 0:
-                return value
-        return None
+        return context_length(self.model)
 
     def loaded(self) -> list[str]:
         return list(self.pool.loaded)
