@@ -78,6 +78,15 @@ def test_generate_input_lines(tmp_path: Path) -> None:
         read_sources(_prompt_args(path))
 
 
+def test_e2e_input_lines_in_mr_form_are_linearized_as_in_training(tmp_path: Path) -> None:
+    """An --input line such as ``name[X], eatType[pub]`` reached the model as it was, a form it never saw in
+    training (``name : X | Type : pub``); lines in the model's form and other text stay as they are."""
+    path = tmp_path / "inputs.txt"
+    path.write_text("name[Aromi], eatType[pub]\nname : Aromi | Type : pub\nsome other text\n", encoding="utf-8")
+    args = argparse.Namespace(split=None, task="e2e", input=str(path), data=None, limit=None, raw=False)
+    assert read_prompts(args, read_sources(args)) == ["name : Aromi | Type : pub\n"] * 2 + ["some other text\n"]
+
+
 def test_predict_input_lines(tmp_path: Path) -> None:
     path = tmp_path / "sentences.txt"
     path.write_text("one\u2028sentence\r\ntwo\x0csentences\n", encoding="utf-8")

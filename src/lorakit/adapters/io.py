@@ -130,7 +130,9 @@ def _read_weights(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         try:
             tensors = torch.load(legacy, map_location="cpu", weights_only=True)
         except Exception as err:  # weights_only refuses anything but tensors: say so, never fall back
-            raise AdapterFormatError(f"{legacy}: cannot be read as plain tensors: {err}") from err
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:200]
+            raise AdapterFormatError(f"{legacy}: cannot be read as plain tensors ({first}); only tensors are "
+                                     f"loaded from a legacy .bin, never code: save it as {WEIGHTS_NAME}") from None
         if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
             raise AdapterFormatError(f"{legacy}: expected a dict of tensors")
         return tensors, None

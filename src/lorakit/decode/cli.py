@@ -178,10 +178,26 @@ def read_sources(args: argparse.Namespace) -> list[str]:
 
 
 def read_prompts(args: argparse.Namespace, sources: list[str]) -> list[str]:
-    """The sources in the task's prompt format (``--raw``: as they are)."""
+    """The sources in the task's prompt format (``--raw``: as they are). For E2E an input line written as an
+    MR (``name[X], eatType[pub]``) is first linearized as training linearizes the data set's MRs (``name : X |
+    Type : pub``): the model never saw the bracket form."""
+    from ..data.e2e import linearize_e2e, parse_mr
     from ..tasks import get_task
 
-    return sources if args.raw else [get_task(args.task or "e2e").prompt(s) for s in sources]
+    if args.raw:
+        return sources
+    task = get_task(args.task or "e2e")
+
+    def model_input(source: str) -> str:
+        if task.name == "e2e" and args.split is None:
+            try:
+                parse_mr(source)
+            except ValueError:
+                return source
+            return linearize_e2e(source)
+        return source
+
+    return [task.prompt(model_input(s)) for s in sources]
 
 
 def rerank_mrs(args: argparse.Namespace, sources: list[str]) -> list[str]:
