@@ -306,3 +306,12 @@ def test_predict_errors(tmp_path: Path, classifier, capsys) -> None:
     missing = write_csv(tmp_path / "m.csv", ["sentence"], [["hi"]])
     assert lorakit_main(["predict", "--model", str(base), "--adapter", str(adapter), "--data", str(missing)]) == 2
     assert str(missing) in capsys.readouterr().err
+
+
+def test_predict_max_length_beyond_the_model_is_named(tmp_path: Path, classifier, capsys) -> None:
+    """A --max-length past the model's positions ended in a tensor size mismatch deep in the forward pass."""
+    base, adapter, _ = classifier
+    capsys.readouterr()
+    assert lorakit_main(["predict", "--model", str(base), "--adapter", str(adapter), "--text", "hi " * 300,
+                         "--max-length", "1000"]) == 2
+    assert "--max-length 1000 is beyond the model's" in capsys.readouterr().err

@@ -103,12 +103,19 @@ def _predict_user(args: argparse.Namespace) -> int:
     device = resolve_device(args.device, quantize=args.quantize)
     model, tokenizer, names = load_user_classifier(args.model, args.adapter, args.quantize, device)
     model.to(device)
+    from ..decode.api import context_length
+
+    context = context_length(model)
+    if args.max_length is not None and context is not None and args.max_length > context:
+        raise ValueError(f"--max-length {args.max_length} is beyond the model's {context} positions: use at most "
+                         f"{context}")
+    max_length = args.max_length or min(256, context or 256)
     if names is None:
         where = args.adapter or args.model
         print(f"lorakit predict: warning: no labels.json in {where}: outputs are named by the model config's "
               "id2label, or by class id", file=sys.stderr)
     logits = predict_user_logits(model, tokenizer, texts, pairs, batch_size=args.batch_size,
-                                 max_length=args.max_length, truncation=args.truncation, progress=True)
+                                 max_length=max_length, truncation=args.truncation, progress=True)
     predictions = user_predictions(model, logits, names)
     shown = [f"{p:.4f}" if isinstance(p, float) else p for p in predictions]
     if args.output:
@@ -178,8 +185,8 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--glue-submission", action="store_true", help="write GLUE's index<TAB>prediction format")
     p.add_argument("--batch-size", type=int_at_least(1), default=64)
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
-    p.add_argument("--max-length", type=int_at_least(2), default=256,
-                   help="without --task: tokens per input (default: 256)")
+    p.add_argument("--max-length", type=int_at_least(2),
+                   help="without --task: tokens per input (default: 256, or the model's positions if fewer)")
     p.add_argument("--truncation", choices=["right", "left"], default="right",
                    help="without --task: which end of a longer input is cut (default: right)")
     add_quantize_flag(p)
