@@ -17,6 +17,7 @@ from tqdm import tqdm
 from ..adapters import load_adapter
 from ..data.glue import GlueExample
 from ..data.user import encode_classification
+from ..decode.api import context_length
 from ..files import atomic_write
 from ..metrics.glue import glue_scores
 from ..metrics.labels import read_label_names
@@ -50,9 +51,10 @@ def _glue_task(name: str) -> GLUETask:
 @torch.no_grad()
 def predict_logits(model: nn.Module, tokenizer, task: str, examples: Sequence[GlueExample], batch_size: int = 64,
                    max_length: int = 256, progress: bool = False) -> torch.Tensor:
-    """Logits (rows in input order, fp32 on the CPU); the model's train/eval mode is left as it was."""
+    """Logits (rows in input order, fp32 on the CPU); the model's train/eval mode is left as it was. Inputs
+    are cut to ``max_length`` tokens, or to the model's positions where it has fewer."""
     glue = _glue_task(task)
-    samples = glue.encode(tokenizer, examples, max_length)
+    samples = glue.encode(tokenizer, examples, min(max_length, context_length(model) or max_length))
     return batched_logits(model, tokenizer, samples, batch_size, f"predict {glue.name}", progress)
 
 
