@@ -137,6 +137,14 @@ def test_cli_prints_one_line_and_fails(tmp_path, capsys, args):
     assert not (tmp_path / "run").exists()
 
 
+def test_cli_output_that_is_a_file_is_named_first(tmp_path, capsys):
+    """It failed with ``[Errno 17] File exists`` after the model had loaded, naming no flag."""
+    (tmp_path / "run.txt").write_text("notes\n")
+    code = main(["train", "--output", str(tmp_path / "run.txt"), "--model", str(tmp_path / "no-model")])
+    assert code == 2 and f"--output {tmp_path / 'run.txt'} is a file: name a folder" in capsys.readouterr().err
+    assert (tmp_path / "run.txt").read_text() == "notes\n"
+
+
 def test_cli_config_file_error_is_one_line_without_traceback(tmp_path):
     """A real ``lorakit train`` process: one line naming file and key, non-zero exit, no traceback."""
     path = tmp_path / "x.toml"

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..data.common import DataFormatError, read_lines
 from ..data.glue import GlueExample
-from ..files import strict_json
+from ..files import atomic_write, strict_json
 from ..flags import int_at_least, output_file
 from ..quant import add_quantize_flag
 
@@ -78,7 +78,6 @@ def _predict_user(args: argparse.Namespace) -> int:
     """Classification with an adapter trained on the user's own data: a file (``--data``), ``--input`` or
     ``--text``; one label name per line; accuracy, macro F1 and Matthews when the file has labels."""
     from ..data.user import load_user_data
-    from ..files import atomic_write
     from ..hardware import resolve_device
     from .predict import load_user_classifier, output_names, predict_user_logits, user_predictions
 
@@ -206,8 +205,8 @@ def _benchmark_glue(args: argparse.Namespace) -> int:
         return _glue_protocol(args, config, tasks, output)
     result = benchmark_glue(config, tasks, output, full=args.full)
     table = glue_markdown(result)
-    (output / "glue.md").write_text(table + "\n")
-    (output / "glue.json").write_text(strict_json(result) + "\n")
+    atomic_write(output / "glue.md", (table + "\n").encode())
+    atomic_write(output / "glue.json", (strict_json(result) + "\n").encode())
     glue_plot(result, output / "glue.png")
     print("\n" + table + f"\n\nwrote {output}/glue.md, glue.json, glue.png")
     return 0
@@ -219,8 +218,8 @@ def _glue_protocol(args: argparse.Namespace, config: dict, tasks: list[str], out
     result = glue_protocol(config, tasks, output, args.full, args.lr_factors or [1.0], args.seeds or [0])
     table = protocol_markdown(result)
     output.mkdir(parents=True, exist_ok=True)
-    (output / "protocol.md").write_text(table + "\n")
-    (output / "protocol.json").write_text(strict_json(result) + "\n")
+    atomic_write(output / "protocol.md", (table + "\n").encode())
+    atomic_write(output / "protocol.json", (strict_json(result) + "\n").encode())
     print("\n" + table + f"\n\nwrote {output}/protocol.md, protocol.json")
     return 0
 
@@ -254,8 +253,8 @@ def _benchmark_sweep(args: argparse.Namespace) -> int:
     rows = benchmark_sweep(config, args.task, args.ranks, target_sets, args.default_targets.split(","), output)
     table = sweep_markdown(rows)
     output.mkdir(parents=True, exist_ok=True)
-    (output / f"sweep-{args.task}.md").write_text(table + "\n")
-    (output / f"sweep-{args.task}.json").write_text(strict_json(rows) + "\n")
+    atomic_write(output / f"sweep-{args.task}.md", (table + "\n").encode())
+    atomic_write(output / f"sweep-{args.task}.json", (strict_json(rows) + "\n").encode())
     sweep_plot(rows, output / f"sweep-{args.task}.png", args.default_targets.split(","))
     print("\n" + table + f"\n\nwrote {output}/sweep-{args.task}.md, .json, .png")
     return 0

@@ -139,6 +139,8 @@ def check_fresh_start(output: str | os.PathLike, world_size: int = 1) -> None:
     """A fresh start never overwrites a run: FileExistsError naming what is there and the command that
     continues it. Checked again before loading anything (``lorakit train``), so the answer is immediate."""
     output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise FileExistsError(f"--output {output} is a file: name a folder for the run")
     earlier = [p.name for p in (output / "log.jsonl", output / "checkpoints", output / "adapter", output / "model")
                if p.exists()]
     if earlier:
