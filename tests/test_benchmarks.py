@@ -119,6 +119,16 @@ def test_quant_speed(tiny_model, tmp_path, monkeypatch):
                      r"cache entry (?!0\.00)\d+\.\d\d MiB", out, re.M), out  # the entry was found and is not empty
 
 
+def test_int8_smoothing(tiny_model, tmp_path):
+    out = run_benchmark("int8_smoothing.py", "--model", str(tiny_model), "--prompts", "2", "--alphas", "0.5",
+                        "--per-row", cwd=tmp_path)
+    numbers = r"\d\.\d{4} \| \d\.\d{3} \|$"  # relative error, top-1 agreement
+    for scale in ("per call (lorakit's kernel)", "per row (simulated)"):
+        assert re.search(rf"^\| {re.escape(scale)} \| none \(plain int8\) \| \| " + numbers, out, re.M), out
+        for calibration in ("E2E dev prompts 100-131", "generic English and code"):
+            assert re.search(rf"^\| {re.escape(scale)} \| {calibration}.* \| 0\.5 \| " + numbers, out, re.M), out
+
+
 @pytest.mark.skipif(DATA is None or not (DATA / "glue" / "RTE").is_dir(), reason="needs the shared RTE data")
 def test_rte_probe(tmp_path):
     """The RTE analysis on 60 pairs with the real packaged MiniLM (the encoder whose features it probes, not a
