@@ -89,8 +89,7 @@ def _score_dev(trainer, config: TrainConfig) -> None:
     from .nlu import evaluate_glue
 
     try:
-        scores = evaluate_glue(trainer.model, trainer.tokenizer, config.task, "dev", config.data,
-                               max_length=config.max_length)  # the inputs as training cut them
+        scores = evaluate_glue(trainer.model, trainer.tokenizer, config.task, "dev", config.data)
     except (OSError, ValueError) as err:  # the run itself succeeded and is saved
         print(f"  (no dev scores: {err})")
         return
