@@ -23,6 +23,13 @@ from pathlib import Path
 from typing import Any
 
 
+def first_sentence(err: BaseException, limit: int = 200) -> str:
+    """The first sentence of an error's message, for a one-line error about a file that could not be read:
+    safetensors' and the unpickler's own messages run over many lines, and ``torch.load``'s goes on to advise
+    unpickling with ``weights_only=False``, which lorakit never does."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:limit]
+
+
 def strict_json(value: Any, indent: int | None = 2) -> str:
     """``value`` as JSON that every parser reads: a NaN or infinite float (a collapsed run's correlation)
     becomes ``null``, where ``json.dumps`` would write ``NaN``, which jq and JavaScript refuse. For report

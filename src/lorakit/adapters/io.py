@@ -18,7 +18,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from ..files import atomic_folder, atomic_write
+from ..files import atomic_folder, atomic_write, first_sentence
 from ..lora.config import LoraConfig
 from ..lora.model import add_adapter, rollback_on_error, saved_modules
 from ..lora.state import (
@@ -130,9 +130,9 @@ def _read_weights(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         try:
             tensors = torch.load(legacy, map_location="cpu", weights_only=True)
         except Exception as err:  # weights_only refuses anything but tensors: say so, never fall back
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:200]
-            raise AdapterFormatError(f"{legacy}: cannot be read as plain tensors ({first}); only tensors are "
-                                     f"loaded from a legacy .bin, never code: save it as {WEIGHTS_NAME}") from None
+            raise AdapterFormatError(f"{legacy}: cannot be read as plain tensors ({first_sentence(err)}); only "
+                                     f"tensors are loaded from a legacy .bin, never code: save it as {WEIGHTS_NAME}"
+                                     ) from None
         if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
             raise AdapterFormatError(f"{legacy}: expected a dict of tensors")
         return tensors, None

@@ -37,6 +37,25 @@ class DataFormatError(ValueError):
         super().__init__(f"{prefix}: {message}" if prefix else message)
 
 
+def invalid_unicode(value: Any) -> str | None:
+    """The first string in ``value`` (nested lists and dicts included) that is not valid unicode (a lone
+    surrogate such as ``"\\ud800"``, which JSON can carry but nothing can tokenize or encode), if any."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value
+        return None
+    if isinstance(value, dict):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            bad = invalid_unicode(item)
+            if bad is not None:
+                return bad
+    return None
+
+
 def read_text(path: str | os.PathLike[str]) -> str:
     """A UTF-8 text file's contents (a leading byte-order mark dropped, as spreadsheet tools write one).
 

@@ -204,7 +204,7 @@ def rerank_mrs(args: argparse.Namespace, sources: list[str]) -> list[str]:
     """With ``--rerank slots``: the MR behind each input (a split's linearized sources, or an --input file's
     MRs in either form), checked before any model loads; else nothing."""
     from ..data.e2e import mr_of
-    from ..metrics.ser import slot_errors
+    from ..metrics.ser import checked_mr
 
     if args.rerank is None:
         return []
@@ -212,7 +212,7 @@ def rerank_mrs(args: argparse.Namespace, sources: list[str]) -> list[str]:
     for line, source in enumerate(sources, 1):
         try:
             mrs.append(mr_of(source))
-            slot_errors(mrs[-1], "")  # a slot named twice is refused now, not after decoding
+            checked_mr(mrs[-1])  # a slot named twice or left empty is refused now, not after decoding
         except ValueError as err:
             where = f"{args.input}, line {line}" if args.input else f"{args.task} {args.split}, input {line}"
             raise ValueError(f"{where}: {err}") from None

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from ..data.common import invalid_unicode
 from .registry import MAX_PATH_CHARS
 
 MAX_STOPS = 4
@@ -37,24 +38,6 @@ def _has_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return True
     return isinstance(value, (list, tuple)) and any(_has_bool(v) for v in value)
-
-
-def _invalid_unicode(value: Any) -> str | None:
-    """The first string in ``value`` (nested lists and dicts included) that is not valid unicode, if any."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return value
-        return None
-    if isinstance(value, dict):
-        value = [*value.keys(), *value.values()]
-    if isinstance(value, (list, tuple)):
-        for item in value:
-            bad = _invalid_unicode(item)
-            if bad is not None:
-                return bad
-    return None
 
 
 def _item_kind(item: Any) -> str:
@@ -105,7 +88,7 @@ class _Request(BaseModel):
     @field_validator("*")
     @classmethod
     def _valid_unicode(cls, value: Any) -> Any:
-        bad = _invalid_unicode(value)
+        bad = invalid_unicode(value)
         if bad is not None:
             shown = bad.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")[:40]
             raise ValueError(f"invalid unicode (a lone surrogate) in '{shown}': send UTF-8 text")
@@ -156,9 +139,7 @@ class _GenerationRequest(_Request):
     @field_validator("stop")
     @classmethod
     def _stops(cls, value: str | list[str] | None) -> list[str]:
-        stops = [value] if isinstance(value, str) else list(value or [])
-        if len(stops) > MAX_STOPS:
-            raise ValueError(f"at most {MAX_STOPS} stop sequences, got {len(stops)}")
+        stops = [value] if isinstance(value, str) else list(value or [])  # at most MAX_STOPS: ``_stop_list``
         if any(not s for s in stops):
             raise ValueError("stop sequences must not be empty")
         if any(len(s) > MAX_STOP_CHARS for s in stops):
@@ -254,8 +235,6 @@ class ClassifyRequest(_Request):
     @field_validator("input", mode="before")
     @classmethod
     def _input_items(cls, value: Any) -> Any:
-        if isinstance(value, list) and len(value) > MAX_INPUTS:
-            raise ValueError(f"at most {MAX_INPUTS} inputs per request, got {len(value)}")
         if isinstance(value, list):  # texts and pairs may mix; anything else is refused at its index
             for i, item in enumerate(value):
                 if not isinstance(item, (str, list)):

@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..files import recover_folder
+from ..files import first_sentence, recover_folder
 
 LATEST = "latest"
 STAGING_PREFIX = ".tmp-step-"
@@ -147,9 +147,8 @@ def _read(file: Path, reader: Callable[[Path], Any]) -> Any:
     try:
         return reader(file)
     except Exception as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:200]  # no advice to unpickle
-        raise ValueError(f"{file}: cannot read this checkpoint file ({first}); resume from another checkpoint "
-                         "(point checkpoints/latest at it) or start afresh") from None
+        raise ValueError(f"{file}: cannot read this checkpoint file ({first_sentence(err)}); resume from another "
+                         "checkpoint (point checkpoints/latest at it) or start afresh") from None
 
 
 def restore(folder: Path, model: nn.Module, optimizer, scheduler, rank: int, scaler=None) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ...models.registry import download_allowed
 from ..chat import type_name
-from ..common import read_text, split_lines
+from ..common import invalid_unicode, read_text, split_lines
 from .formats import UserDataError
 
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
@@ -92,20 +92,9 @@ def _parse(text: str, path: Path, where: str | None) -> Any:
 
 def _check_unicode(rows: list[dict[str, Any]], table: _Table) -> None:
     """``UserDataError`` naming the row and key of the first text holding a lone surrogate (``"\\ud800"``)."""
-    def bad(value: Any) -> bool:
-        if isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                return True
-            return False
-        if isinstance(value, dict):
-            return any(bad(k) or bad(v) for k, v in value.items())
-        return isinstance(value, list) and any(bad(v) for v in value)
-
     for i, row in enumerate(rows):
         for key, value in row.items():
-            if bad(key) or bad(value):
+            if invalid_unicode([key, value]) is not None:
                 raise UserDataError("invalid unicode (a lone surrogate such as \\ud800): not text",
                                     table.path, table.where(i), key)
 
@@ -177,11 +166,11 @@ def _csv_header(path: Path, kind: str) -> list[str]:
     """The header's column names, after checking that every row has as many fields as the header and that
     no name repeats (``UserDataError`` naming the line)."""
     text = read_text(path)
-    first = split_lines(text)[:1]
-    if not first or not first[0].strip():
+    lines = split_lines(text)
+    if not lines or not lines[0].strip():
         raise UserDataError("empty file (expected a header row)", path, "line 1")
     if kind == "tsv":  # unquoted, as read below: a record is a line
-        records = ((n, line.split("\t")) for n, line in enumerate(split_lines(text), start=1))
+        records = ((n, line.split("\t")) for n, line in enumerate(lines, start=1))
     else:
         records = _csv_records(text, path)
     header: list[str] = []
