@@ -109,16 +109,7 @@ class TrainConfig:
         """Read JSON or TOML; unknown keys, wrong types and bad values are errors naming the key and the file
         (or the flag, for a value from ``overrides``: they are command-line flags)."""
         path = Path(path)
-        try:
-            text = path.read_text()
-        except UnicodeDecodeError as err:
-            raise ValueError(f"{path}: not a text file ({err.reason} at byte {err.start})") from None
-        try:  # a key given twice is an error in TOML; JSON's parser would keep the last silently
-            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text, object_pairs_hook=_unique_keys)
-        except (tomllib.TOMLDecodeError, ValueError, RecursionError) as err:
-            raise ValueError(f"{path}: {err or 'nested too deeply'}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a table of settings, got {type(data).__name__}")
+        data = read_settings(path)
         try:
             data = _renamed(data)
         except ConfigError as err:
@@ -145,6 +136,22 @@ class TrainConfig:
 
 # Earlier names of settings, read from older files (a run_config.json to resume) and mapped to today's.
 RENAMED = {"rank": "lora_rank", "alpha": "lora_alpha", "dropout": "lora_dropout", "targets": "target_modules"}
+
+
+def read_settings(path: Path) -> dict[str, Any]:
+    """A JSON or TOML file of settings as it is written (a config, or a run's ``run_config.json``); ValueError
+    naming the file when it is not text, not parseable, gives a key twice or is not a table."""
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a text file ({err.reason} at byte {err.start})") from None
+    try:  # a key given twice is an error in TOML; JSON's parser would keep the last silently
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text, object_pairs_hook=_unique_keys)
+    except (tomllib.TOMLDecodeError, ValueError, RecursionError) as err:
+        raise ValueError(f"{path}: {err or 'nested too deeply'}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a table of settings, got {type(data).__name__}")
+    return data
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from ..quant import describe as describe_quantized
 from ..quant import quant_mode
 from . import checkpoint as ckpt
 from .batching import ClassificationSample, Sample, collate, plan_batches, shard
-from .config import RENAMED, TrainConfig
+from .config import RENAMED, TrainConfig, read_settings
 from .evaluation import BestSoFar, Evaluation
 from .logs import MetricsLog, plot_loss
 
@@ -321,14 +321,8 @@ class Trainer:
         saved_path = self.output / "run_config.json"
         if not saved_path.is_file():
             return
-        try:
-            saved = json.loads(saved_path.read_text())
-        except (UnicodeDecodeError, ValueError) as err:
-            raise ValueError(f"{saved_path}: not a readable run configuration ({err})") from None
-        if not isinstance(saved, dict):
-            raise ValueError(f"{saved_path}: expected a table of settings, got {type(saved).__name__}")
         now = self.config.to_dict()
-        saved = {RENAMED.get(k, k): v for k, v in saved.items()}  # written by an earlier version
+        saved = {RENAMED.get(k, k): v for k, v in read_settings(saved_path).items()}  # by an earlier version too
         changed = [k for k in now if k not in self.RESUMABLE_CHANGES and saved.get(k, now[k]) != now[k]]
         if changed:
             raise ValueError(f"--resume with other settings than {saved_path}: {changed[0]} was "
