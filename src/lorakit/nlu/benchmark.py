@@ -7,7 +7,6 @@ benchmark can be stopped and started again. Sizes are measured on disk, times co
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import os
@@ -21,6 +20,7 @@ from typing import Any
 
 from ..data.common import data_root
 from ..data.glue import glue_file, glue_spec
+from ..data.user.formats import did_you_mean
 from ..files import folder_bytes
 from ..models import load_model
 from ..tasks import get_task
@@ -108,9 +108,7 @@ def _check_layout(config: dict[str, Any], where: str) -> None:
             raise ValueError(f"{where}: {place} must be a table of training settings, got {table!r}")
         for key in table:
             if key not in known and key not in tables:
-                close = difflib.get_close_matches(key, sorted(known | set(tables)), n=1)
-                raise ValueError(f"{where}: {place}unknown setting {key!r}"
-                                 + (f" (did you mean {close[0]!r}?)" if close else ""))
+                raise ValueError(f"{where}: {place}unknown setting {key!r}{did_you_mean(key, known | set(tables))}")
 
     if "task" in config and not isinstance(config["task"], dict):
         raise ValueError(f"{where}: 'task' holds [task.<name>] tables of one task's settings; the tasks to run "

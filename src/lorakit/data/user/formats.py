@@ -68,7 +68,7 @@ def parse_columns(spec: str | Mapping[str, str] | None) -> dict[str, str]:
     mapping: dict[str, str] = {}
     for key, column in pairs:
         if key not in KEYS:
-            raise ValueError(f"column mapping: {key!r} is not a key lorakit reads{_suggest(key, KEYS)}; "
+            raise ValueError(f"column mapping: {key!r} is not a key lorakit reads{did_you_mean(key, KEYS)}; "
                              f"keys: {', '.join(KEYS)}")
         if not column:
             raise ValueError(f"column mapping: no column named for {key!r}")
@@ -78,7 +78,8 @@ def parse_columns(spec: str | Mapping[str, str] | None) -> dict[str, str]:
     return mapping
 
 
-def _suggest(name: str, choices: Iterable[str]) -> str:
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices`` to a misspelled ``name``, or nothing."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

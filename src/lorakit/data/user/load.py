@@ -18,8 +18,8 @@ from .formats import (
     FORMATS,
     OPTIONAL_KEYS,
     UserDataError,
-    _suggest,
     detect_format,
+    did_you_mean,
     formats_help,
     normalize_format,
     parse_columns,
@@ -69,7 +69,7 @@ def load_user_data(source: str | os.PathLike[str], *, format: str | None = None,
     for key, column in mapping.items():
         if column not in table.names and key != "text_pair":  # an optional key may be absent from row 1
             raise UserDataError(f"no such column for {key}={column} (columns: {', '.join(table.names)})"
-                                f"{_suggest(column, table.names)}", table.path, first, column)
+                                f"{did_you_mean(column, table.names)}", table.path, first, column)
     fmt = normalize_format(format) if format else detect_format(table.names, mapping,
                                                                 require_targets=require_targets,
                                                                 path=table.path, where=first)
@@ -98,7 +98,7 @@ def _extract(table: _Table, fmt: str, mapping: Mapping[str, str], required: Sequ
             elif key in required:
                 where = "line 1" if table.header_line else None
                 raise UserDataError(f"format {fmt} needs column {column!r}; columns: {', '.join(table.names)}"
-                                    f"{_suggest(column, table.names)}; {formats_help()}", table.path, where, column)
+                                    f"{did_you_mean(column, table.names)}; {formats_help()}", table.path, where, column)
         return out
     rows = table.rows or []
     for key in (*required, *optional):
@@ -109,7 +109,7 @@ def _extract(table: _Table, fmt: str, mapping: Mapping[str, str], required: Sequ
             except KeyError:
                 i = next(i for i, row in enumerate(rows) if column not in row)
                 raise UserDataError(f"missing key (format {fmt}; keys here: {', '.join(rows[i]) or '(none)'})"
-                                    f"{_suggest(column, rows[i])}; {formats_help()}",
+                                    f"{did_you_mean(column, rows[i])}; {formats_help()}",
                                     table.path, table.where(i), column) from None
         elif any(column in row for row in rows):
             out[key] = [row.get(column) for row in rows]
