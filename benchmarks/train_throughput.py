@@ -75,6 +75,7 @@ class Setup:
     full_finetune: bool = False
     grouped: bool = False  # batches of similar lengths
     checkpointing: bool = False  # recompute activations in backward (less memory, more compute)
+    token_weighting: str = "batch"  # lorakit's TrainConfig.token_weighting
 
 
 SETUPS: dict[str, Setup] = {
@@ -85,6 +86,8 @@ SETUPS: dict[str, Setup] = {
     "hf-full": Setup("HF Trainer full fine-tuning (random sampler)", "hf", full_finetune=True),
     # not run by default: separates lorakit's length grouping from the rest of its loop
     "lorakit-lora-ungrouped": Setup("lorakit LoRA (random batches)", "lorakit"),
+    "lorakit-lora-uniform": Setup("lorakit LoRA (grouped, every target token weighed the same)", "lorakit",
+                                  grouped=True, token_weighting="uniform"),
     "lorakit-lora-ckpt": Setup("lorakit LoRA + gradient checkpointing", "lorakit", grouped=True, checkpointing=True),
     "lorakit-full-ckpt": Setup("lorakit full FT + gradient checkpointing", "lorakit", full_finetune=True,
                                grouped=True, checkpointing=True),
@@ -120,7 +123,8 @@ def lorakit_config(args: argparse.Namespace, setup: Setup, output: str) -> Train
                        lora_rank=args.rank, lora_alpha=args.alpha, lora_dropout=0.0, target_modules=args.targets,
                        max_steps=args.steps,
                        batch_size=args.batch_size, lr=args.lr, warmup_steps=0, weight_decay=args.weight_decay,
-                       group_by_length=setup.grouped, gradient_checkpointing=setup.checkpointing,
+                       group_by_length=setup.grouped, token_weighting=setup.token_weighting,
+                       gradient_checkpointing=setup.checkpointing,
                        save_every=10**9, log_every=1, samples=0,
                        max_train_examples=args.examples, seed=args.seed)
 

@@ -96,6 +96,31 @@ def test_gradient_accumulation_is_exact(workspace, tmp_path):
     assert all(a[k].abs().sum() > 0 for k in a if "lora_B" in k)  # B left zero-init: the steps did train
 
 
+def _first_step_gradients(trainer) -> dict[str, torch.Tensor]:
+    """The LoRA gradients of the trainer's first step, as backward left them (before clipping)."""
+    grads = {}
+    for name, p in trainer.model.named_parameters():
+        if p.requires_grad:
+            p.register_post_accumulate_grad_hook(lambda q, name=name: grads.__setitem__(name, q.grad.clone()))
+    trainer.step(0)
+    return grads
+
+
+def test_uniform_token_weighting_divides_every_batch_by_one_run_wide_number(workspace, tmp_path):
+    by_batch = build_trainer(_config(workspace, tmp_path / "a"))
+    uniform = build_trainer(_config(workspace, tmp_path / "b", token_weighting="uniform"))
+    batch = by_batch.global_batch(0)
+    assert batch == uniform.global_batch(0)
+    tokens = sum(by_batch.samples[i].target_tokens for i in batch)
+    everywhere = [s.target_tokens for s in by_batch.samples]
+    assert uniform.mean_batch_tokens == pytest.approx(8 * sum(everywhere) / len(everywhere))
+    assert tokens != pytest.approx(uniform.mean_batch_tokens)  # else the check below could not fail
+    a, b = _first_step_gradients(by_batch), _first_step_gradients(uniform)
+    assert a.keys() == b.keys() and len(a) > 0
+    for name in a:  # the same sum, divided by the batch's own target tokens or by the run's mean per batch
+        torch.testing.assert_close(b[name] * uniform.mean_batch_tokens, a[name] * tokens, rtol=1e-4, atol=1e-6)
+
+
 def test_run_folder_holds_adapter_config_log_and_plot(workspace, tmp_path):
     build_trainer(_config(workspace, tmp_path / "run", save_every=2)).fit()
     run = tmp_path / "run"

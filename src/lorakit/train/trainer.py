@@ -178,6 +178,8 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(self.samples)} training examples do not fill one batch of {config.batch_size}")
         self.total_steps = config.max_steps or math.ceil(config.epochs * self.steps_per_epoch)
+        # token_weighting "uniform" divides every batch's loss sum by this, the same number for the whole run
+        self.mean_batch_tokens = config.batch_size * sum(s.target_tokens for s in samples) / len(samples)
         if self.procs.world_size > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             loss = nn.parallel.DistributedDataParallel(loss, device_ids=device_ids)
@@ -214,7 +216,8 @@ class Trainer:
         # every process knows the whole batch, so the normaliser needs no communication
         target_tokens = sum(self.samples[i].target_tokens for i in batch)
         real_tokens = sum(len(self.samples[i].input_ids) for i in batch)
-        scale = self.procs.world_size / target_tokens  # DDP averages gradients over processes
+        normaliser = target_tokens if self.config.token_weighting == "batch" else self.mean_batch_tokens
+        scale = self.procs.world_size / normaliser  # DDP averages gradients over processes
         loss_sum = torch.zeros((), device=self.device)
         chunks = self.micro_batches(batch)
         for k, chunk in enumerate(chunks):
