@@ -122,6 +122,20 @@ def test_float_labels_mean_regression(tmp_path, tok):
     assert isinstance(data.train[1].label, float)
 
 
+def test_whole_number_scores_written_as_decimals_are_regression_with_a_note(tmp_path, tok):
+    said: list[str] = []
+    path = write_csv(tmp_path / "w.csv", ["text", "label"], [["a", "0"], ["b", "1"], ["c", "1.0"]])
+    data = prepare_data(path, tok, use_cache=False, log=said.append)
+    assert data.num_labels == 1 and [s.label for s in data.train] == [0.0, 1.0, 1.0]
+    assert ("note: every label is a whole number (0, 1) but some are written with a decimal point, so they are "
+            "read as regression scores (1 output); write them as integers or names to train 2 classes") in said
+    for labels in (["0", "1", "1"], ["0.5", "1.0", "2"]):  # classes; true scores
+        said.clear()
+        rows = [[t, label] for t, label in zip("abc", labels, strict=True)]
+        prepare_data(write_csv(tmp_path / "x.csv", ["text", "label"], rows), tok, use_cache=False, log=said.append)
+        assert not any(line.startswith("note:") for line in said)
+
+
 def test_csv_tsv_parquet_and_json_array(tmp_path, tok):
     csv_path = write_csv(tmp_path / "d.csv", ["text", "label"], [["007", "1"], ["NA", "0"], ['say "hi", ok', "1"]])
     data = load_user_data(csv_path)

@@ -220,6 +220,19 @@ def _label_value(raw: Any, strings: bool) -> tuple[Any, str]:
 # ----------------------------------------------------------------------------------------------- labels
 
 
+def whole_number_scores_note(values: Iterable[Any], kind: str, limit: int = 10) -> str | None:
+    """A warning for regression labels that look like classes: every score a whole number, few of them, and at
+    least one written with a decimal point (a pandas export of a column with a gap writes 1 as 1.0)."""
+    seen = {v for v in values if v is not None}
+    if kind != "float" or len(seen) > limit or any(not float(v).is_integer() for v in seen):
+        return None
+    shown = ", ".join(f"{v:g}" for v in sorted(seen))
+    return (f"note: every label is a whole number ({shown}) but some are written with a decimal point, so they "
+            f"are read as regression scores (1 output); write them as integers or names to train {len(seen)} "
+            "classes")
+
+
+
 @dataclass(frozen=True)
 class LabelSet:
     """Class names in id order (sorted: numbers numerically, strings by code point), or regression."""

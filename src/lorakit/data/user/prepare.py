@@ -20,7 +20,7 @@ from .encode import (
     encode_texts,
 )
 from .formats import UserDataError, normalize_format, parse_columns
-from .load import LabelSet, UserData, generation_prompts, load_user_data, references
+from .load import LabelSet, UserData, generation_prompts, load_user_data, references, whole_number_scores_note
 
 
 def split_indices(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -98,6 +98,9 @@ def prepare_data(
     labels = None
     if train.format == "classification":
         labels = LabelSet.from_values(train.columns["label"], train.label_kind or "str")
+        if note := whole_number_scores_note(train.columns["label"], labels.kind):
+            header.append(note)
+            say(note)
         if evaluation is not None:
             evaluation.columns["label"] = labels.encode(evaluation, mapping.get("label", "label"))
         train.columns["label"] = labels.encode(train, mapping.get("label", "label"))
