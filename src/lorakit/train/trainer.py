@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from ..adapters import save_adapter
 from ..files import atomic_folder, atomic_write, folder_bytes
+from ..hardware import resolve_device
 from ..quant import describe as describe_quantized
 from ..quant import quant_mode
 from . import checkpoint as ckpt
@@ -52,7 +53,6 @@ class Processes:
 
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
 
     @classmethod
     def from_env(cls) -> Processes:
@@ -61,7 +61,7 @@ class Processes:
             return cls()
         if not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        return cls(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
+        return cls(dist.get_rank(), world)
 
     @property
     def main(self) -> bool:
@@ -77,11 +77,13 @@ class Processes:
         return value
 
 
-def pick_device(procs: Processes) -> torch.device:
-    if torch.cuda.is_available():
-        torch.cuda.set_device(procs.local_rank)
-        return torch.device("cuda", procs.local_rank)
-    return torch.device("cpu")
+def pick_device() -> torch.device:
+    """``hardware.resolve_device``'s choice (the GPU when there is one: this process's under torchrun), made the
+    current CUDA device so that NCCL and unplaced tensors use it too."""
+    device = resolve_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -166,7 +168,7 @@ class Trainer:
         self.config = config
         self.title = title or config.name
         self.procs = Processes.from_env()
-        self.device = pick_device(self.procs)
+        self.device = pick_device()
         self.tokenizer = tokenizer
         self.model = model.to(self.device)
         if config.gradient_checkpointing:
