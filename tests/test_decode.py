@@ -419,11 +419,41 @@ def test_cli_rerank_writes_each_inputs_least_wrong_hypothesis(smollm2, tmp_path,
     assert str(summary) in capsys.readouterr().err
 
 
+@pytest.mark.skipif(shared_data_dir() is None, reason="E2E data not found (set LORAKIT_DATA)")
+def test_cli_rerank_after_greedy_repairs_only_the_outputs_with_slot_errors(smollm2, tmp_path, capsys):
+    """Greedy outputs, each one with a slot error compared with beam search's n-best and samples: the file
+    holds what ``repair_by_slots`` picks, and no output got more slot errors than its greedy one had."""
+    from lorakit.decode import generate
+    from lorakit.decode.rerank import repair_by_slots
+    from lorakit.metrics.ser import slot_errors
+    from lorakit.tasks import get_task
+
+    out = tmp_path / "dev.txt"
+    assert _cli(["generate", "--model", "smollm2-135m", "--task", "e2e", "--split", "dev", "--data",
+                 str(shared_data_dir()), "--limit", "2", "--strategy", "greedy", "--max-new-tokens", "8",
+                 "--rerank", "slots", "--rerank-samples", "2", "--output", str(out), "--no-progress"]) == 0
+    model, tokenizer = smollm2
+    task = get_task("e2e")
+    examples = task.examples("dev", shared_data_dir())[:2]
+    mrs, prompts = [ex.meta["mr"] for ex in examples], [task.prompt(ex.source) for ex in examples]
+    config = preset("greedy", max_new_tokens=8)
+    greedy = generate(model, tokenizer, prompts, config, progress=False)
+    errors = [slot_errors(mr, text).count for mr, text in zip(mrs, greedy, strict=True)]
+    assert sum(errors) > 0  # 8 tokens of an untrained base leave slots out: the repair has work to do
+    repaired, summary = repair_by_slots(model, tokenizer, mrs, prompts, greedy, config, samples=2, progress=False)
+    assert out.read_text().splitlines() == [" ".join(t.split()) for t in repaired]
+    assert str(summary) in capsys.readouterr().err and "(the outputs)" in str(summary)
+    for mr, before, after, count in zip(mrs, greedy, repaired, errors, strict=True):
+        assert slot_errors(mr, after).count <= count and (count > 0 or after == before)
+
+
 # --- flags checked before any model loads (found by a hostile-input audit) --------------------------------
 @pytest.mark.parametrize(("args", "message"), [
     (["generate", "--task", "e2e", "--split", "dev", "--limit", "0"], "--limit: must be at least 1, got 0"),
     (["generate", "--task", "e2e", "--split", "dev", "--limit", "-1"], "--limit: must be at least 1, got -1"),
     (["generate", "--task", "e2e", "--split", "dev", "--batch-size", "0"], "--batch-size: must be at least 1"),
+    (["generate", "--task", "e2e", "--split", "dev", "--rerank", "slots", "--rerank-samples", "-1"],
+     "--rerank-samples: must be at least 0, got -1"),
     (["generate", "--task", "e2e", "--split", "dev", "--strategy", "sample", "--temperature", "nan"],
      "temperature and length_penalty must be finite numbers"),
     (["generate", "--task", "e2e", "--split", "dev", "--strategy", "beam", "--length-penalty", "inf"],

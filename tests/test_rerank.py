@@ -8,6 +8,7 @@ import pytest
 
 from lorakit.decode.cli import add_generate_parser
 from lorakit.decode.rerank import rerank_by_slots
+from lorakit.metrics.ser import slot_errors
 
 MR = "name[The Eagle], eatType[pub], priceRange[cheap], familyFriendly[no]"
 
@@ -25,10 +26,24 @@ def test_the_first_hypothesis_with_fewest_slot_errors_wins():
     assert "1 picks changed" in str(summary) and "slot errors 3 (top beams) -> 2" in str(summary)
 
 
+def test_consensus_breaks_ties_among_the_least_wrong():
+    odd = "The Eagle, a pub, is cheap and not for families."
+    usual = "The Eagle is a cheap pub that is not family friendly."
+    usual_too = "The Eagle is a cheap pub that is not family-friendly."
+    dropped = "The Eagle is a pub that is not family friendly."
+    lists = [[dropped, odd, usual, usual_too]]
+    assert [slot_errors(MR, t).count for t in lists[0]] == [1, 0, 0, 0]
+    assert rerank_by_slots([MR], lists)[0] == [odd]  # order: the first of the least wrong
+    chosen, summary = rerank_by_slots([MR], lists, ties="consensus")
+    assert chosen == [usual] and summary.changed == 1  # the two alike outvote the odd one; a tie goes first
+    with pytest.raises(ValueError, match="ties must be one of"):
+        rerank_by_slots([MR], lists, ties="vote")
+
+
 def test_mismatched_or_empty_lists_are_refused():
-    with pytest.raises(ValueError, match="2 MRs but 1 n-best lists"):
+    with pytest.raises(ValueError, match="2 MRs but 1 candidate lists"):
         rerank_by_slots([MR, MR], [["x"]])
-    with pytest.raises(ValueError, match="input 1 has an empty n-best list"):
+    with pytest.raises(ValueError, match="input 1 has an empty candidate list"):
         rerank_by_slots([MR, MR], [["x"], []])
 
 
@@ -41,7 +56,8 @@ def _generate(argv: list[str]) -> int:
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--task", "webnlg", "--split", "dev", "--rerank", "slots"], "E2E MRs"),
-    (["--task", "e2e", "--split", "dev", "--strategy", "greedy", "--rerank", "slots"], "beam search"),
+    (["--task", "e2e", "--split", "dev", "--rerank-samples", "2"], "is for --rerank slots after greedy"),
+    (["--task", "e2e", "--split", "dev", "--rerank", "slots", "--rerank-samples", "2"], "beam search reranks"),
     (["--task", "e2e", "--split", "dev", "--num-beams", "1", "--rerank", "slots"], "--num-beams 2 or more"),
     (["--input", "mrs.txt", "--raw", "--num-beams", "4", "--rerank", "slots"], "nor --raw"),
 ])

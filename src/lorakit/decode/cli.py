@@ -18,7 +18,7 @@ from ..files import atomic_write
 from ..flags import int_at_least, output_file
 from ..quant import add_quantize_flag
 from .config import PRESETS, STRATEGIES, DecodeConfig, preset
-from .rerank import RERANKERS, rerank_by_slots
+from .rerank import REPAIR_SAMPLES, RERANKERS, rerank_by_slots
 
 if TYPE_CHECKING:
     from ..data.user import UserData
@@ -78,8 +78,13 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--rerank", choices=RERANKERS,
-                   help="slots (E2E): of each input's beam hypotheses keep the most likely one with the fewest "
-                        "slot errors against its MR (semantic reranking, as the E2E challenge systems did)")
+                   help="slots (E2E): with beam search, of each input's hypotheses keep the most likely one with "
+                        "the fewest slot errors against its MR (semantic reranking, as the E2E challenge systems "
+                        "did); with greedy decoding or sampling, each output with a slot error is compared with "
+                        "beam search's n-best and --rerank-samples samples and the least wrong is kept")
+    p.add_argument("--rerank-samples", type=int_at_least(0),
+                   help="with --rerank slots after greedy decoding or sampling: samples drawn (temperature 0.7) "
+                        f"for each output with a slot error, beside beam search's n-best (default: {REPAIR_SAMPLES})")
     p.add_argument("--batch-size", type=int_at_least(1), default=16,
                    help="inputs per batch (beam search: x num_beams rows)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
@@ -220,15 +225,18 @@ def rerank_mrs(args: argparse.Namespace, sources: list[str]) -> list[str]:
 
 
 def check_rerank(args: argparse.Namespace, config: DecodeConfig) -> None:
-    """``--rerank slots`` needs E2E MRs and beam search's n-best lists; refused before any model loads."""
+    """``--rerank slots`` needs E2E MRs (and, after beam search, n-best lists); refused before any model loads."""
+    if args.rerank_samples is not None and (args.rerank is None or config.strategy == "beam"):
+        raise ValueError("--rerank-samples is for --rerank slots after greedy decoding or sampling (beam search "
+                         "reranks its own hypotheses)")
     if args.rerank is None:
         return
     if (args.task or "e2e") != "e2e" or (args.data is not None and args.split is None) or args.raw:
         raise ValueError("--rerank slots checks outputs against E2E MRs: use it with --task e2e and --split or "
                          "an --input file of MRs (not a --data file of your own, nor --raw)")
-    if config.strategy != "beam" or config.num_beams < 2:
+    if config.strategy == "beam" and config.num_beams < 2:
         raise ValueError(f"--rerank picks among beam search's hypotheses: use --num-beams 2 or more (or "
-                         f"--preset e2e), not {config.summary()}")
+                         f"--preset e2e, or greedy decoding), not {config.summary()}")
 
 
 def load_for_generation(model_name: str, adapters: list[str], merge: bool, device: str | None,
@@ -283,6 +291,7 @@ def _adapters_chat_template(adapters: list[str]) -> str | None:
 def run_generate(args: argparse.Namespace) -> int:
     from ..data.chat import load_chat_template
     from .api import generate, generate_hypotheses
+    from .rerank import repair_by_slots
 
     config = decode_config(args)
     check_rerank(args, config)
@@ -303,10 +312,16 @@ def run_generate(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if args.rerank is None:
         texts = generate(model, tokenizer, prompts, config, batch_size=args.batch_size, progress=args.progress)
-    else:
+    elif config.strategy == "beam":
         hypotheses = generate_hypotheses(model, tokenizer, prompts, config, batch_size=args.batch_size,
                                          progress=args.progress)
         texts, summary = rerank_by_slots(mrs, hypotheses)
+        print(summary, file=sys.stderr)
+    else:
+        texts = generate(model, tokenizer, prompts, config, batch_size=args.batch_size, progress=args.progress)
+        samples = REPAIR_SAMPLES if args.rerank_samples is None else args.rerank_samples
+        texts, summary = repair_by_slots(model, tokenizer, mrs, prompts, texts, config, samples=samples,
+                                         batch_size=args.batch_size, progress=args.progress)
         print(summary, file=sys.stderr)
     seconds = time.perf_counter() - start
     _write_lines(Path(args.output), [" ".join(t.split()) for t in texts])  # one line per prediction
