@@ -232,7 +232,6 @@ def whole_number_scores_note(values: Iterable[Any], kind: str, limit: int = 10) 
             "classes")
 
 
-
 @dataclass(frozen=True)
 class LabelSet:
     """Class names in id order (sorted: numbers numerically, strings by code point), or regression."""
