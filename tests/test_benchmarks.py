@@ -157,7 +157,7 @@ def test_rerank_e2e(tiny_model, tmp_path):
         for pick in ("top beam", "reranked"):
             assert re.search(rf"^\| 2 \| {lp} \| {pick} \| \d\.\d{{4}} \| .* \| \d+\.\d\d \|", out, re.M), out
             assert len((tmp_path / "out" / f"beam2-lp{lp}-{pick.replace(' ', '-')}.txt").read_text().splitlines()) == 3
-    assert re.search(r"^reranked 3 candidate lists by slot errors: \d picks changed", out, re.M), out
+    assert re.search(r"^reranked 3 n-best lists by slot errors: \d picks changed", out, re.M), out
 
 
 def test_gpu_check_library_checks_run_on_the_cpu(tmp_path):

@@ -29,17 +29,21 @@ REPAIR_TEMPERATURE = 0.7  # varied enough to state a slot another way, still flu
 
 @dataclass
 class RerankSummary:
-    """What reranking changed: inputs whose pick is not the first candidate, and slot errors before and after."""
+    """What reranking changed: inputs whose pick is not the first candidate, and slot errors before and after.
+    ``repaired``: after greedy decoding or sampling, how many outputs had a slot error and got candidates."""
 
     inputs: int = 0
     changed: int = 0
     errors_top: int = 0
     errors_chosen: int = 0
-    first: str = "top beams"  # what the first candidates were
+    repaired: int | None = None
 
     def __str__(self) -> str:
-        return (f"reranked {self.inputs} candidate lists by slot errors: {self.changed} picks changed, slot errors "
-                f"{self.errors_top} ({self.first}) -> {self.errors_chosen}")
+        if self.repaired is None:
+            return (f"reranked {self.inputs} n-best lists by slot errors: {self.changed} picks changed, slot "
+                    f"errors {self.errors_top} (top beams) -> {self.errors_chosen}")
+        return (f"{self.repaired} of {self.inputs} outputs had slot errors and got other candidates: {self.changed} "
+                f"replaced, slot errors {self.errors_top} -> {self.errors_chosen}")
 
 
 def consensus(texts: Sequence[str], index: int) -> float:
@@ -86,7 +90,7 @@ def repair_by_slots(model, tokenizer, mrs: Sequence[str], prompts: Sequence[str]
         raise ValueError(f"{len(mrs)} MRs, {len(prompts)} prompts and {len(outputs)} outputs")
     wrong = [i for i, (mr, text) in enumerate(zip(mrs, outputs, strict=True)) if slot_errors(mr, text).count]
     texts = list(outputs)
-    summary = RerankSummary(inputs=len(mrs), first="the outputs")
+    summary = RerankSummary(inputs=len(mrs), repaired=len(wrong))
     if not wrong:
         return texts, summary
     subset = [prompts[i] for i in wrong]
