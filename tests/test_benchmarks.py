@@ -142,6 +142,21 @@ def test_rte_probe(tmp_path):
     assert re.search(r"predictions .*rte.txt: \{0: 60\}, accuracy 0\.\d{4}", out), out
 
 
+def test_repair_e2e(tiny_model, tmp_path):
+    import lorakit
+    from lorakit import LoraConfig
+    from lorakit.models import load_model
+
+    model, _ = load_model(str(tiny_model))
+    lorakit.add_adapter(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    lorakit.save_adapter(model, tmp_path / "adapter")
+    out = run_benchmark("repair_e2e.py", "--model", str(tiny_model), "--adapter", str(tmp_path / "adapter"),
+                        "--limit", "2", "--samples", "1", cwd=tmp_path)
+    assert re.search(r"^2 of 2 greedy outputs have slot errors", out, re.M), out  # a random model's text
+    for rule in ("greedy", "beams, ties: first", "samples, ties: consensus", "beams \\+ samples, ties: consensus"):
+        assert re.search(rf"^\| {rule} \| \d\.\d{{4}} \| .* \| \d+\.\d\d \| \d \|$", out, re.M), out
+
+
 def test_rerank_e2e(tiny_model, tmp_path):
     import lorakit
     from lorakit import LoraConfig

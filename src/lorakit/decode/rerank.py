@@ -78,14 +78,27 @@ def rerank_by_slots(mrs: Sequence[str], candidates: Sequence[Sequence[str]], *, 
     return chosen, summary
 
 
+def repair_candidates(model, tokenizer, prompts: Sequence[str], config: DecodeConfig, *,
+                      samples: int = REPAIR_SAMPLES, batch_size: int = 16, progress: bool = True
+                      ) -> tuple[list[list[str]], list[list[str]]]:
+    """For each prompt, beam search's n-best (the LoRA paper's E2E beam settings) and ``samples`` samples
+    (temperature 0.7, seeds ``config.seed`` on), both at ``config.max_new_tokens``."""
+    from .api import generate, generate_hypotheses
+
+    beams = generate_hypotheses(model, tokenizer, prompts, preset("e2e", max_new_tokens=config.max_new_tokens),
+                                batch_size=batch_size, progress=progress)
+    drawn = [generate(model, tokenizer, prompts, DecodeConfig("sample", max_new_tokens=config.max_new_tokens,
+                                                              temperature=REPAIR_TEMPERATURE, seed=config.seed + k),
+                      batch_size=batch_size, progress=progress) for k in range(samples)]
+    return beams, [list(row) for row in zip(*drawn, strict=True)] if drawn else [[] for _ in prompts]
+
+
 def repair_by_slots(model, tokenizer, mrs: Sequence[str], prompts: Sequence[str], outputs: Sequence[str],
                     config: DecodeConfig, *, samples: int = REPAIR_SAMPLES, batch_size: int = 16, progress: bool = True
                     ) -> tuple[list[str], RerankSummary]:
     """``outputs`` (greedy or sampled) with each one that has a slot error replaced by the least wrong of: the
     output itself, beam search's n-best (the LoRA paper's E2E beam settings) and ``samples`` samples
     (temperature 0.7, seeds ``config.seed`` on), ties to the consensus. Costs decoding for those inputs only."""
-    from .api import generate, generate_hypotheses
-
     if not len(mrs) == len(prompts) == len(outputs):
         raise ValueError(f"{len(mrs)} MRs, {len(prompts)} prompts and {len(outputs)} outputs")
     wrong = [i for i, (mr, text) in enumerate(zip(mrs, outputs, strict=True)) if slot_errors(mr, text).count]
@@ -93,13 +106,9 @@ def repair_by_slots(model, tokenizer, mrs: Sequence[str], prompts: Sequence[str]
     summary = RerankSummary(inputs=len(mrs), repaired=len(wrong))
     if not wrong:
         return texts, summary
-    subset = [prompts[i] for i in wrong]
-    beams = generate_hypotheses(model, tokenizer, subset, preset("e2e", max_new_tokens=config.max_new_tokens),
-                                batch_size=batch_size, progress=progress)
-    drawn = [generate(model, tokenizer, subset, DecodeConfig("sample", max_new_tokens=config.max_new_tokens,
-                                                             temperature=REPAIR_TEMPERATURE, seed=config.seed + k),
-                      batch_size=batch_size, progress=progress) for k in range(samples)]
-    lists = [[outputs[i], *beams[j], *(d[j] for d in drawn)] for j, i in enumerate(wrong)]
+    beams, drawn = repair_candidates(model, tokenizer, [prompts[i] for i in wrong], config, samples=samples,
+                                     batch_size=batch_size, progress=progress)
+    lists = [[outputs[i], *beams[j], *drawn[j]] for j, i in enumerate(wrong)]
     picked, found = rerank_by_slots([mrs[i] for i in wrong], lists, ties="consensus")
     for i, text in zip(wrong, picked, strict=True):
         texts[i] = text
