@@ -151,7 +151,7 @@ def test_repair_e2e(tiny_model, tmp_path):
     lorakit.add_adapter(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
     lorakit.save_adapter(model, tmp_path / "adapter")
     out = run_benchmark("repair_e2e.py", "--model", str(tiny_model), "--adapter", str(tmp_path / "adapter"),
-                        "--limit", "2", "--samples", "1", cwd=tmp_path)
+                        "--limit", "2", "--samples", "1", "--no-meteor", cwd=tmp_path)
     assert re.search(r"^2 of 2 greedy outputs have slot errors", out, re.M), out  # a random model's text
     for rule in ("greedy", "beams, ties: first", "samples, ties: consensus", "beams \\+ samples, ties: consensus"):
         assert re.search(rf"^\| {rule} \| \d\.\d{{4}} \| .* \| \d+\.\d\d \| \d \|$", out, re.M), out
