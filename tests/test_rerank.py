@@ -82,3 +82,13 @@ def test_mrs_are_read_back_from_the_linearized_model_input():
 
     mr = "name[The Eagle], eatType[pub], priceRange[£20-25], customer rating[3 out of 5], familyFriendly[yes]"
     assert linearize_e2e(mr) != mr and mr_of(linearize_e2e(mr)) == mr and mr_of(mr) == mr
+
+
+def test_the_repair_without_sacrebleu_is_refused_before_any_model_loads(monkeypatch):
+    """The repair breaks ties by sentence BLEU: without the metrics extra it must fail first, not after decoding."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sacrebleu" else real(name, *a))
+    with pytest.raises(ImportError, match=r"--rerank slots after greedy decoding or sampling needs the metrics extra"):
+        _generate(["--task", "e2e", "--split", "dev", "--preset", "greedy", "--rerank", "slots"])

@@ -237,6 +237,10 @@ def check_rerank(args: argparse.Namespace, config: DecodeConfig) -> None:
     if config.strategy == "beam" and config.num_beams < 2:
         raise ValueError(f"--rerank picks among beam search's hypotheses: use --num-beams 2 or more (or "
                          f"--preset e2e, or greedy decoding), not {config.summary()}")
+    if config.strategy != "beam":  # the repair breaks ties by sentence BLEU: refuse now, not after decoding
+        from ..metrics import require_metrics
+
+        require_metrics("--rerank slots after greedy decoding or sampling", ("sacrebleu",))
 
 
 def load_for_generation(model_name: str, adapters: list[str], merge: bool, device: str | None,

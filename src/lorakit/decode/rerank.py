@@ -67,7 +67,8 @@ def rerank_by_slots(mrs: Sequence[str], candidates: Sequence[Sequence[str]], *, 
         if not texts:
             raise ValueError(f"input {index} has an empty candidate list")
         counts = [slot_errors(mr, text).count for text in texts]
-        fewest = [j for j, count in enumerate(counts) if count == min(counts)]
+        least = min(counts)
+        fewest = [j for j, count in enumerate(counts) if count == least]
         best = fewest[0]
         if ties == "consensus" and len(fewest) > 1:
             best = max(fewest, key=lambda j: (consensus(texts, j), -j))
