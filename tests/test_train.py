@@ -116,7 +116,7 @@ def test_uniform_token_weighting_divides_every_batch_by_one_run_wide_number(work
     assert uniform.mean_batch_tokens == pytest.approx(8 * sum(everywhere) / len(everywhere))
     assert tokens != pytest.approx(uniform.mean_batch_tokens)  # else the check below could not fail
     a, b = _first_step_gradients(by_batch), _first_step_gradients(uniform)
-    assert a.keys() == b.keys() and len(a) > 0
+    assert a.keys() == b.keys() and any(g.abs().sum() > 0 for g in a.values())  # lora_B's, as A starts at B=0
     for name in a:  # the same sum, divided by the batch's own target tokens or by the run's mean per batch
         torch.testing.assert_close(b[name] * uniform.mean_batch_tokens, a[name] * tokens, rtol=1e-4, atol=1e-6)
 
