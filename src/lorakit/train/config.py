@@ -60,7 +60,7 @@ class TrainConfig:
     max_length: int = 256
     group_by_length: bool = True  # batches of similar lengths: little padding, but 2 BLEU lower after 300 E2E steps
     # batch: a batch's loss is the mean over its own target tokens (grouped by length, a batch of short targets
-    # weighs each token more); uniform: the sum over the training set's mean target tokens per batch
+    # weighs each token more); uniform: its sum divided by the training set's mean target tokens per batch
     token_weighting: Literal["batch", "uniform"] = "batch"  # uniform: every target token weighs the same in any batch
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, about 1/3 more compute
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

@@ -24,6 +24,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -180,8 +181,6 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(self.samples)} training examples do not fill one batch of {config.batch_size}")
         self.total_steps = config.max_steps or math.ceil(config.epochs * self.steps_per_epoch)
-        # token_weighting "uniform" divides every batch's loss sum by this, the same number for the whole run
-        self.mean_batch_tokens = config.batch_size * sum(s.target_tokens for s in samples) / len(samples)
         if self.procs.world_size > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             loss = nn.parallel.DistributedDataParallel(loss, device_ids=device_ids)
@@ -198,6 +197,12 @@ class Trainer:
         self._plans: dict[int, list[list[int]]] = {}
 
     # --- data
+    @cached_property
+    def mean_batch_tokens(self) -> float:
+        """What token_weighting "uniform" divides every batch's loss sum by, the same for the whole run (read
+        only then: it counts every example's targets)."""
+        return self.config.batch_size * sum(s.target_tokens for s in self.samples) / len(self.samples)
+
     def global_batch(self, step: int) -> list[int]:
         epoch, position = divmod(step, self.steps_per_epoch)
         if epoch not in self._plans:
