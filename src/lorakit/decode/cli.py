@@ -314,19 +314,18 @@ def run_generate(args: argparse.Namespace) -> int:
               f"{' (detected)' if data.detected else ''}", file=sys.stderr)
     print(f"decoding {len(prompts)} inputs: {config.summary()}", file=sys.stderr)
     start = time.perf_counter()
-    if args.rerank is None:
-        texts = generate(model, tokenizer, prompts, config, batch_size=args.batch_size, progress=args.progress)
-    elif config.strategy == "beam":
+    if args.rerank is not None and config.strategy == "beam":  # rerank beam search's own n-best lists
         hypotheses = generate_hypotheses(model, tokenizer, prompts, config, batch_size=args.batch_size,
                                          progress=args.progress)
         texts, summary = rerank_by_slots(mrs, hypotheses)
         print(summary, file=sys.stderr)
     else:
         texts = generate(model, tokenizer, prompts, config, batch_size=args.batch_size, progress=args.progress)
-        samples = REPAIR_SAMPLES if args.rerank_samples is None else args.rerank_samples
-        texts, summary = repair_by_slots(model, tokenizer, mrs, prompts, texts, config, samples=samples,
-                                         batch_size=args.batch_size, progress=args.progress)
-        print(summary, file=sys.stderr)
+        if args.rerank is not None:  # after greedy decoding or sampling: repair the outputs with slot errors
+            samples = REPAIR_SAMPLES if args.rerank_samples is None else args.rerank_samples
+            texts, summary = repair_by_slots(model, tokenizer, mrs, prompts, texts, config, samples=samples,
+                                             batch_size=args.batch_size, progress=args.progress)
+            print(summary, file=sys.stderr)
     seconds = time.perf_counter() - start
     _write_lines(Path(args.output), [" ".join(t.split()) for t in texts])  # one line per prediction
     print(f"wrote {len(texts)} predictions to {args.output} in {seconds:.1f} s", file=sys.stderr)
