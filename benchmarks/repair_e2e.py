@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from lorakit.decode import generate, preset
     from lorakit.decode.cli import load_for_generation
     from lorakit.decode.rerank import repair_candidates, rerank_by_slots
+    from lorakit.metrics.coco import shared_meteor
     from lorakit.metrics.e2e import e2e_scores
     from lorakit.metrics.ser import slot_errors, slot_scores
     from lorakit.tasks import get_task
@@ -66,24 +68,26 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(wrong)} of {len(examples)} greedy outputs have slot errors; their candidates took {seconds:.0f} s",
           flush=True)
 
-    def scored(name: str, texts: list[str]) -> dict:
-        texts = [" ".join(t.split()) for t in texts]
-        row = {"rule": name, **e2e_scores(texts, refs, with_meteor=args.meteor), **slot_scores(mrs, texts),
-               "changed": sum(a != " ".join(b.split()) for a, b in zip(texts, greedy, strict=True))}
-        print(json.dumps(row), flush=True)
-        return row
+    with (shared_meteor() if args.meteor else nullcontext()) as meteor:  # one METEOR process for all rules
+        def scored(name: str, texts: list[str]) -> dict:
+            texts = [" ".join(t.split()) for t in texts]
+            row = {"rule": name, **e2e_scores(texts, refs, meteor=meteor, with_meteor=args.meteor),
+                   **slot_scores(mrs, texts),
+                   "changed": sum(a != " ".join(b.split()) for a, b in zip(texts, greedy, strict=True))}
+            print(json.dumps(row), flush=True)
+            return row
 
-    results = [scored("greedy", greedy)]
-    sources = {"beams": lambda j: beams[j], "samples": lambda j: drawn[j],
-               "beams + samples": lambda j: [*beams[j], *drawn[j]]}
-    for source, candidates in sources.items():
-        for ties in ("order", "consensus"):
-            lists = [[greedy[i], *candidates(j)] for j, i in enumerate(wrong)]
-            picked, _ = rerank_by_slots([mrs[i] for i in wrong], lists, ties=ties)
-            texts = list(greedy)
-            for i, text in zip(wrong, picked, strict=True):
-                texts[i] = text
-            results.append(scored(f"{source}, ties: {'first' if ties == 'order' else ties}", texts))
+        results = [scored("greedy", greedy)]
+        sources = {"beams": lambda j: beams[j], "samples": lambda j: drawn[j],
+                   "beams + samples": lambda j: [*beams[j], *drawn[j]]}
+        for source, candidates in sources.items():
+            for ties in ("order", "consensus"):
+                lists = [[greedy[i], *candidates(j)] for j, i in enumerate(wrong)]
+                picked, _ = rerank_by_slots([mrs[i] for i in wrong], lists, ties=ties)
+                texts = list(greedy)
+                for i, text in zip(wrong, picked, strict=True):
+                    texts[i] = text
+                results.append(scored(f"{source}, ties: {'first' if ties == 'order' else ties}", texts))
 
     print(f"\n{len(examples)} dev MRs, adapter {args.adapter}, {args.samples} samples, {describe()}")
     print("| candidates beside the greedy output | BLEU | NIST | METEOR | ROUGE_L | CIDEr | SER % | outputs changed |")

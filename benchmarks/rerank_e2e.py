@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from lorakit.decode import generate_hypotheses, preset
     from lorakit.decode.cli import load_for_generation
     from lorakit.decode.rerank import rerank_by_slots
+    from lorakit.metrics.coco import shared_meteor
     from lorakit.metrics.e2e import e2e_scores
     from lorakit.metrics.ser import slot_scores
     from lorakit.tasks import get_task
@@ -49,29 +50,30 @@ def main(argv: list[str] | None = None) -> int:
     prompts = [get_task("e2e").prompt(ex.source) for ex in examples]
     model, tokenizer = load_for_generation(args.model, [args.adapter], merge=True, device="cpu")
     results = []
-    for beams in args.beams:
-        for lp in args.length_penalty:
-            config = preset("e2e", num_beams=beams, length_penalty=lp,
-                            no_repeat_ngram_size=args.no_repeat_ngram_size)
-            start = time.perf_counter()
-            hypotheses = generate_hypotheses(model, tokenizer, prompts, config, batch_size=args.batch_size,
-                                             progress=False)
-            seconds = time.perf_counter() - start
-            reranked, summary = rerank_by_slots(mrs, hypotheses)
-            top = [h[0] for h in hypotheses]
-            for name, texts in (("top beam", top), ("reranked", reranked)):
-                texts = [" ".join(t.split()) for t in texts]
-                scores = e2e_scores(texts, refs) | slot_scores(mrs, texts)
-                words = sum(len(t.split()) for t in texts) / len(texts)
-                results.append({"beams": beams, "length_penalty": lp, "pick": name, "decode_s": round(seconds, 1),
-                                "words": round(words, 2), **scores})
-                print(json.dumps(results[-1]), flush=True)
-                if args.outputs:
-                    folder = Path(args.outputs)
-                    folder.mkdir(parents=True, exist_ok=True)
-                    tag = f"beam{beams}-lp{lp}-{name.replace(' ', '-')}"
-                    (folder / f"{tag}.txt").write_text("".join(t + "\n" for t in texts), "utf-8")
-            print(summary, flush=True)
+    with shared_meteor() as meteor:  # one METEOR process for every scoring below
+        for beams in args.beams:
+            for lp in args.length_penalty:
+                config = preset("e2e", num_beams=beams, length_penalty=lp,
+                                no_repeat_ngram_size=args.no_repeat_ngram_size)
+                start = time.perf_counter()
+                hypotheses = generate_hypotheses(model, tokenizer, prompts, config, batch_size=args.batch_size,
+                                                 progress=False)
+                seconds = time.perf_counter() - start
+                reranked, summary = rerank_by_slots(mrs, hypotheses)
+                top = [h[0] for h in hypotheses]
+                for name, texts in (("top beam", top), ("reranked", reranked)):
+                    texts = [" ".join(t.split()) for t in texts]
+                    scores = e2e_scores(texts, refs, meteor=meteor) | slot_scores(mrs, texts)
+                    words = sum(len(t.split()) for t in texts) / len(texts)
+                    results.append({"beams": beams, "length_penalty": lp, "pick": name, "decode_s": round(seconds, 1),
+                                    "words": round(words, 2), **scores})
+                    print(json.dumps(results[-1]), flush=True)
+                    if args.outputs:
+                        folder = Path(args.outputs)
+                        folder.mkdir(parents=True, exist_ok=True)
+                        tag = f"beam{beams}-lp{lp}-{name.replace(' ', '-')}"
+                        (folder / f"{tag}.txt").write_text("".join(t + "\n" for t in texts), "utf-8")
+                print(summary, flush=True)
     print(f"\n{len(examples)} dev MRs, adapter {args.adapter}, {describe()}")
     print("| beams | length penalty | pick | BLEU | NIST | METEOR | ROUGE_L | CIDEr | SER % | words | decode s |")
     print("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

@@ -25,7 +25,7 @@ _WHERE = {
     "read_label_names": "labels",
     "SlotErrors": "ser", "read_mrs": "ser", "slot_error_rate": "ser", "slot_errors": "ser", "slot_scores": "ser",
     "glue_metric": "glue", "glue_scores": "glue",
-    "Meteor15": "coco",
+    "Meteor15": "coco", "shared_meteor": "coco",
     "MetricsFileError": "files", "MetricsWarning": "files", "read_e2e_refs": "files", "read_hypotheses": "files",
     "corpus_bleu": "mteval", "corpus_nist": "mteval",
     "WEBNLG_METRICS": "webnlg", "dart_scores": "webnlg", "webnlg_scores": "webnlg",

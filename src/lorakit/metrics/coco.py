@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import warnings
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from types import TracebackType
 
@@ -89,6 +90,12 @@ class Meteor15:
 
     def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+def shared_meteor() -> AbstractContextManager[Meteor15 | None]:
+    """One METEOR process for several scorings inside the ``with`` block (pass it as ``meteor=``), or None
+    without Java (each scoring then reports METEOR as missing): starting the jar costs seconds each time."""
+    return Meteor15() if java() is not None else nullcontext(None)
 
 
 def meteor_or_none(hypotheses: Sequence[str], references: Sequence[Sequence[str]],

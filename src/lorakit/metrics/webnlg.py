@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from sacrebleu.metrics import TER
 
-from .coco import Meteor15, java, meteor_or_none
+from .coco import Meteor15, meteor_or_none, shared_meteor
 from .e2e import check_inputs
 from .mteval import corpus_bleu
 from .tokenize import treebank_tokenize
@@ -86,7 +86,5 @@ def webnlg_scores_by_category(examples: Sequence[HasReferences], hypotheses: Seq
                                     ter=[ter[i] for i in idx])
                 for name, idx in subsets.items() if idx}
 
-    if java() is None:
-        return score(None)
-    with Meteor15() as meteor:
+    with shared_meteor() as meteor:
         return score(meteor)
