@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -384,7 +387,12 @@ def test_classify_inputs_are_checked(classifier) -> None:
     r = httpx.post(url, content=raw, headers={"content-type": "application/json"}, timeout=30)
     assert _error(r, 422)["param"].startswith("input")
     r = httpx.post(url, json={"model": "tiny-bert", "input": ["x"] * 5000}, timeout=30)
-    assert _error(r, 422)["param"] == "input"
+    error = _error(r, 422)
+    assert error["param"] == "input" and "at most 2048 inputs per request, got 5000" in error["message"], error
+    long = "a fine film " * 400  # 4,800 characters: one text, far over the context, is truncated like a list's
+    single, listed = (httpx.post(url, json={"model": "tiny-bert", "input": body}, timeout=30)
+                      for body in (long, [long]))
+    assert single.status_code == 200 and single.json()["data"] == listed.json()["data"], single.text
 
 
 def test_a_plan_made_before_another_adapter_wrapped_its_modules_attaches_exactly(root) -> None:
@@ -520,3 +528,23 @@ def test_names_added_with_a_path_are_bounded_and_a_bad_path_is_named(server, roo
     assert error["param"] == "name" and "names are registered with a path already" in error["message"]
     assert "alias-two" not in _model_ids(server)
     assert _post(server, "/v1/adapters/load", {"name": "alias-one", "path": "qv4"}).status_code == 200  # reuse
+
+
+def test_a_client_that_leaves_mid_body_is_counted_as_499_and_the_server_answers_on(server) -> None:
+    """Starlette finds no response when BodyLimit sees the client go: that is counted (nginx's 499), not an
+    'Exception in ASGI application' traceback, and the next request is answered."""
+    def closed_requests() -> float:
+        text = httpx.get(server.url + "/metrics", timeout=30).text
+        found = re.search(r'^lorakit_requests_total\{endpoint="/v1/completions",status="499"\} (\S+)$', text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    before = closed_requests()
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n" + b'{"model":')
+    deadline = time.monotonic() + 10
+    while closed_requests() == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert closed_requests() == before + 1
+    assert _greedy(server, BASE)

@@ -229,13 +229,16 @@ Pair = Annotated[list[str], Field(min_length=2, max_length=2)]
 
 class ClassifyRequest(_Request):
     model: str = Field(min_length=1)
-    input: str | list[str | Pair] = Field(max_length=MAX_INPUTS,
-                                          description='a text, or a list of texts and ["text", "text"] pairs')
+    input: str | list[str | Pair] = Field(description='a text, or a list of texts and ["text", "text"] pairs')
 
     @field_validator("input", mode="before")
     @classmethod
     def _input_items(cls, value: Any) -> Any:
-        if isinstance(value, list):  # texts and pairs may mix; anything else is refused at its index
+        """At most ``MAX_INPUTS`` items in a list (a single text of any length is truncated to the context, as
+        each text of a list is); texts and pairs may mix, and anything else is refused at its index."""
+        if isinstance(value, list):
+            if len(value) > MAX_INPUTS:
+                raise ValueError(f"at most {MAX_INPUTS} inputs per request, got {len(value)}")
             for i, item in enumerate(value):
                 if not isinstance(item, (str, list)):
                     raise ValueError(f"input[{i}] is a {_item_kind(item)}: send texts or [text, text] pairs")
