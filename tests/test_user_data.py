@@ -256,6 +256,8 @@ def test_csv_errors_name_the_row_and_column(tmp_path, tok):
     ("extra.tsv", "text\tlabel\nhello\tpos\nbye\tneg\tmore\n", "line 3", "3 fields where the header has 2"),
     ("after-quoted-newline.csv", 'text,label\n"two\nlines",pos\nbye,neg,x\n', "line 4", "3 fields"),
     ("duplicate.csv", "text,text,label\na,b,pos\n", "line 1", "column 'text' appears twice in the header"),
+    ("pandas-index.csv", ",prompt,completion\n0,p0,c0\n1,p1,c1\n", "line 1", "column 1 of the header has no name"),
+    ("trailing-comma.csv", "prompt,completion,\np0,c0,\n", "line 1", "column 3 of the header has no name"),
 ])
 def test_csv_rows_must_fit_the_header(tmp_path, name, text, where, message):
     """pandas reads a row with one field more than the header as an index column: every column then shifts
@@ -265,6 +267,39 @@ def test_csv_rows_must_fit_the_header(tmp_path, name, text, where, message):
     with pytest.raises(UserDataError) as err:
         load_user_data(path)
     assert str(err.value).startswith(f"{path}, {where}: {message}"), str(err.value)
+
+
+@pytest.mark.parametrize("text", ["prompt,completion\r\n", "prompt,completion\n\n\n"])
+def test_a_csv_with_its_header_only_has_no_examples(tmp_path, text):
+    path = tmp_path / "header.csv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(UserDataError) as err:
+        load_user_data(path)
+    assert str(err.value) == f"{path}: no examples (the file has its header row only)"
+
+
+def test_a_directory_is_not_a_data_file(tmp_path):
+    with pytest.raises(UserDataError) as err:
+        load_user_data(tmp_path)
+    assert str(err.value) == f"{tmp_path}: a directory, not a data file (give one file)"
+
+
+def test_a_label_too_long_to_read_names_its_row(tmp_path, tok):
+    path = tmp_path / "long.csv"
+    path.write_text(f"text,label\na,0\nb,1\nc,{'9' * 5000}\n", encoding="utf-8")
+    with pytest.raises(UserDataError) as err:
+        load_user_data(path)
+    assert str(err.value).startswith(f"{path}, row 3, key 'label': unreadable label: Exceeds the limit"), err.value
+
+
+@pytest.mark.parametrize("labels", [["pos"] * 4, ["1", "01", "1", "+1"]])
+def test_a_single_class_is_refused(tmp_path, tok, labels):
+    """One class trains to a constant (and a 1-output head, which reads as regression): nothing to learn."""
+    path = write_csv(tmp_path / "one.csv", ["text", "label"], [[f"t{i}", label] for i, label in enumerate(labels)])
+    with pytest.raises(UserDataError) as err:
+        prepare(path, tok)
+    assert str(err.value).startswith(f"{path}, key 'label': every training label is "), err.value
+    assert "a classifier needs at least two classes" in str(err.value)
 
 
 def test_csv_quoted_newlines_and_blank_lines_still_read(tmp_path):
@@ -378,6 +413,17 @@ def test_cache_is_reused_and_invalidated(tmp_path, tok, monkeypatch):
     third = prepare_data(path, tok, cache_dir=cache, log=None, eval_fraction=0.2)
     assert not third.from_cache and third.train != first.train
     assert len(list(cache.iterdir())) == 5
+
+
+def test_a_cached_copy_is_named_as_given(tmp_path, tok):
+    """The cache is keyed by the files' bytes: a copy under another name hits it, and is named as given."""
+    rows = [{"prompt": f"p{i}\n", "completion": f"c{i}"} for i in range(8)]
+    first, copy = write_jsonl(tmp_path / "first.jsonl", rows), write_jsonl(tmp_path / "copy.jsonl", rows)
+    prepare_data(first, tok, cache_dir=tmp_path / "cache", log=None)
+    said: list[str] = []
+    again = prepare_data(copy, tok, cache_dir=tmp_path / "cache", log=said.append)
+    assert again.from_cache and again.source == str(copy)
+    assert said[0].startswith(f"{copy}: format prompt-completion") and not any(str(first) in s for s in said), said
 
 
 def test_classification_cache_keeps_labels(tmp_path, tok):

@@ -169,7 +169,10 @@ def _labels(data: UserData, table: _Table, key: str, optional: bool) -> tuple[li
             values.append(None)
             kinds.append("none")
             continue
-        value, kind = _label_value(raw, table.strings)
+        try:
+            value, kind = _label_value(raw, table.strings)
+        except ValueError as err:  # Python reads no integer of over 4,300 digits
+            raise UserDataError(f"unreadable label: {err}", data.path, data.where(i), key) from None
         if kind == "nonfinite":
             raise UserDataError(f"label must be a finite number, got {raw}", data.path, data.where(i), key)
         if kind == "bad":

@@ -82,7 +82,7 @@ def prepare_data(
                          max_length=max_length, truncation=truncation, chat_template=template_override)
     root = Path(cache_dir).expanduser() if cache_dir is not None else lorakit_home() / "data"
     if key is not None and (root / key / "meta.json").is_file():
-        prepared = _load_cache(root / key)
+        prepared = _named_as_given(_load_cache(root / key), data, eval_data)
         for line in [*prepared.header, *prepared.summary()]:
             say(line)
         return prepared
@@ -98,6 +98,9 @@ def prepare_data(
     labels = None
     if train.format == "classification":
         labels = LabelSet.from_values(train.columns["label"], train.label_kind or "str")
+        if not labels.regression and labels.num_labels < 2:
+            raise UserDataError(f"every training label is {labels.names[0]!r}: a classifier needs at least two "
+                                "classes", train.path, key=mapping.get("label", "label"))
         if note := whole_number_scores_note(train.columns["label"], labels.kind):
             header.append(note)
             say(note)
@@ -125,6 +128,19 @@ def prepare_data(
         say(line)
     if key is not None:
         prepared.cache_path = _save_cache(root, key, prepared)
+    return prepared
+
+
+def _named_as_given(prepared: PreparedData, data: str | os.PathLike[str],
+                    eval_data: str | os.PathLike[str] | None) -> PreparedData:
+    """A cache entry is keyed by the files' bytes, so it may have been made from a copy under another name:
+    its lines and sources name the files given now."""
+    for old, new in ((prepared.source, data), (prepared.eval_source, eval_data)):
+        if old and new is not None and str(new) != old:
+            was, now = (str(Path(str(x)).expanduser()) for x in (old, new))
+            prepared.header = [now + line[len(was):] if line.startswith(was + ":") else line
+                               for line in prepared.header]
+    prepared.source, prepared.eval_source = str(data), None if eval_data is None else str(eval_data)
     return prepared
 
 

@@ -66,7 +66,9 @@ def _read_table(source: str | os.PathLike[str]) -> _Table:
         if kind in ("jsonl", "json"):
             return _read_json(path, kind)
         return _read_with_datasets(path, kind)
-    if path.is_dir() or kind is not None or text_source.startswith((".", "/", "~")):
+    if path.is_dir():
+        raise UserDataError("a directory, not a data file (give one file)", path)
+    if kind is not None or text_source.startswith((".", "/", "~")):
         raise FileNotFoundError(f"{text_source}: no such data file")
     return _read_hub(text_source)
 
@@ -174,17 +176,25 @@ def _csv_header(path: Path, kind: str) -> list[str]:
     else:
         records = _csv_records(text, path)
     header: list[str] = []
+    rows = 0
     for number, fields in records:
         if not header:
             header = fields
             seen: set[str] = set()
-            for name in header:
+            for column, name in enumerate(header, start=1):
+                if not name.strip():  # pandas' to_csv writes its index under an empty name
+                    raise UserDataError(f"column {column} of the header has no name (a pandas index? write the file "
+                                        "with index=False, or name the column)", path, "line 1")
                 if name in seen:
                     raise UserDataError(f"column {name!r} appears twice in the header", path, "line 1")
                 seen.add(name)
-        elif fields != [""] and fields and len(fields) != len(header):  # blank lines are skipped, as pandas does
-            raise UserDataError(f"{len(fields)} field{'s' * (len(fields) != 1)} where the header has {len(header)} "
-                                f"({', '.join(header)})", path, f"line {number}")
+        elif fields != [""] and fields:  # blank lines are skipped, as pandas does
+            if len(fields) != len(header):
+                raise UserDataError(f"{len(fields)} field{'s' * (len(fields) != 1)} where the header has "
+                                    f"{len(header)} ({', '.join(header)})", path, f"line {number}")
+            rows += 1
+    if not rows:
+        raise UserDataError("no examples (the file has its header row only)", path)
     return header
 
 
