@@ -181,6 +181,9 @@ def test_errors_do_not_reveal_where_the_adapter_folder_is(server, root) -> None:
     for body in ({"name": "broken"}, {"name": "nanweights"}, {"name": "nope"}):
         error = _error(_post(server, "/v1/adapters/load", body), 404 if body["name"] == "nope" else 400)
         assert str(root) not in error["message"] and body["name"] in error["message"]
+    # a name that spells the folder's path is refused as sent, with the folder hidden (not cut to a valid name)
+    error = _error(_post(server, "/v1/completions", {"model": f"{root}/qv4", "prompt": "Hi", "max_tokens": 1}), 400)
+    assert str(root) not in error["message"] and "'<adapter folder>/qv4'" in error["message"], error
 
 
 def test_api_key_guards_completions_and_models_the_openai_way(locked) -> None:
@@ -373,6 +376,9 @@ def test_unload_refuses_a_path(server) -> None:
     """``path`` means nothing to unload: accepting it would let a client think it unloaded that folder."""
     error = _error(_post(server, "/v1/adapters/unload", {"name": "qv4", "path": "all8"}), 422)
     assert error["param"] == "path"
+    error = _error(_post(server, "/v1/adapters/unload", {"name": BASE}), 400)  # as load says, whatever the name
+    assert error["param"] == "name" and "the base cannot be unloaded" in error["message"], error
+    assert _greedy(server, BASE)
 
 
 def test_classify_inputs_are_checked(classifier) -> None:

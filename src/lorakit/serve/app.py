@@ -121,7 +121,7 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None, ad
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, err: ApiError) -> JSONResponse:
-        message = err.message.replace(root + "/", "").replace(root, "<adapter folder>")  # no server paths out
+        message = err.message.replace(root, "<adapter folder>")  # no server path out, and no name rewritten
         return error_response(err.status, message, err.kind, err.param, err.code)
 
     @app.exception_handler(HTTPException)
@@ -197,6 +197,8 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None, ad
 
     @app.post("/v1/adapters/unload")
     async def unload(body: UnloadRequest) -> dict[str, Any]:
+        if body.name == base_name:
+            raise ApiError(400, f"{base_name!r} is the base model's name: the base cannot be unloaded", param="name")
         try:
             engine.registry.folder(body.name)
             was_loaded = await asyncio.wrap_future(engine.unload(body.name))
