@@ -234,6 +234,33 @@ def test_killed_run_resumes_on_the_same_curve(workspace, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_after_the_step_with_everything_saved(workspace, tmp_path, sig):
+    """Ctrl-C or a scheduler's SIGTERM: the run stops after its current step as a time budget stops it
+    (checkpoint, adapter, summary), exits 0 and resumes from there."""
+    out = tmp_path / "x"
+    command = [str(BIN / "python"), "-m", "lorakit.cli", *_cli(workspace, out, "--max-steps", "200",
+                                                                "--save-every", "100")]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "log.jsonl").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)  # the log is written at the first logged step: training is under way
+    proc.send_signal(sig)
+    printed, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, printed[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    steps = summary["steps"]
+    assert 0 < steps < 200 and summary["stopped_by"] == "signal" and not summary["stopped_on_time_budget"]
+    assert f"{sig.name} received: stopped after step {steps} of 200" in printed, printed[-2000:]
+    assert (out / "checkpoints/latest").read_text().strip() == f"step-{steps:07d}"
+    assert (out / "adapter/adapter_model.safetensors").is_file()
+    assert json.loads((out / "log.jsonl").read_text().splitlines()[-1])["stopped"] == "signal"
+    resumed = subprocess.run([*command, "--resume", "--max-steps", str(steps + 2)], capture_output=True, text=True,
+                             check=True)
+    assert f"resumed from {out / 'checkpoints' / f'step-{steps:07d}'}" in resumed.stdout
+    assert json.loads((out / "summary.json").read_text())["stopped_by"] is None
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

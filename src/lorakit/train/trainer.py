@@ -8,8 +8,9 @@ global batch, logging, evaluating and checkpointing as it goes.
 
 Whatever state a killed run is in, ``lorakit train --config RUN/run_config.json --resume`` continues it (from
 its last complete checkpoint, or from step 0 when it has none) and a plain rerun's error names that command.
-A time budget stops the loop after the step that spends it; the lr schedule stays planned for the whole run
-(max_steps or epochs), so a stopped run resumes on exactly the curve an unstopped one follows.
+A time budget stops the loop after the step that spends it, and so does Ctrl-C or SIGTERM (a scheduler's
+warning, ``kill``; the second one stops at once); the lr schedule stays planned for the whole run (max_steps
+or epochs), so a stopped run resumes on exactly the curve an unstopped one follows.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import os
 import resource
 import shlex
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -340,16 +343,43 @@ class Trainer:
                              f"was: {self.resume_command()}")
 
     # --- the run
-    def budget_spent(self, started: float) -> bool:
-        """Whether the time budget is used up; every process agrees (rank 0's clock decides)."""
-        if self.config.time_budget is None:
-            return False
-        spent = self.clock() - started >= self.config.time_budget
-        if self.procs.world_size == 1:
-            return spent
-        flag = torch.tensor(float(spent), device=self.device)
-        dist.broadcast(flag, src=0)
-        return bool(flag.item())
+    def stop_reason(self, started: float) -> str | None:
+        """``"time_budget"`` once the budget is used up (rank 0's clock decides), ``"signal"`` once any process
+        got Ctrl-C or SIGTERM, else None; every process gets the same answer."""
+        spent = self.config.time_budget is not None and self.clock() - started >= self.config.time_budget
+        flags = [float(spent and self.procs.main), float(self.signalled is not None)]
+        if self.procs.world_size > 1:
+            tensor = torch.tensor(flags, device=self.device)
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+            flags = tensor.tolist()
+        return "time_budget" if flags[0] else "signal" if flags[1] else None
+
+    signalled: str | None = None  # the signal that asked the run to stop after its current step
+
+    @contextlib.contextmanager
+    def stop_on_signals(self):
+        """While training: the first Ctrl-C or SIGTERM asks for a stop after the current step (checkpoint and
+        result saved, as a time budget does); the handlers before it are back for a second one, which stops
+        at once. Only the main thread may set handlers: elsewhere (a notebook's worker) nothing changes."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def ask_to_stop(signum: int, frame) -> None:
+            self.signalled = signal.Signals(signum).name
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if self.procs.main:
+                print(f"\n{self.signalled} received: stopping after this step (again to stop at once)", flush=True)
+
+        for sig in previous:
+            signal.signal(sig, ask_to_stop)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def finished_before(self, start_step: int) -> bool:
         """A resumed run that had already trained every step (or stopped early, its evaluations no longer
@@ -362,7 +392,8 @@ class Trainer:
         if summary.get("steps") != start_step:
             return False
         return bool(summary.get("stopped_early")) or (start_step == self.total_steps
-                                                       and not summary.get("stopped_on_time_budget"))
+                                                       and not summary.get("stopped_on_time_budget")
+                                                       and not summary.get("stopped_by"))
 
     # --- evaluation
     def evaluate(self, step: int) -> bool:
@@ -424,39 +455,50 @@ class Trainer:
             self.best = BestSoFar.from_log(records, self.evaluation)
         last = ([r for r in records if "loss" in r] or [{}])[-1]  # a resumed, finished run trains no step
         last.pop("stopped", None)
-        reached, stopped_on_budget, stopped_early = start_step, False, False
-        for step in bar:
-            try:
-                loss, tokens = self.step(step)
-            except TrainingDiverged as err:
-                latest = ckpt.latest_checkpoint(self.output)
-                raise TrainingDiverged(f"{err}; stopped. Last good checkpoint: {latest or 'none yet'}") from None
-            reached = step + 1
-            tokens_seen += tokens
-            elapsed = max(self.clock() - started, 1e-9)
-            stopped_on_budget = reached < self.total_steps and self.budget_spent(started)
-            last = {"step": reached, "epoch": reached / self.steps_per_epoch, "loss": loss,
-                    "lr": self.schedule.get_last_lr()[0], "tokens": tokens, "tokens_per_s": tokens_seen / elapsed,
-                    "elapsed_s": elapsed, "peak_mem_mb": peak_memory_mb(self.device)}
-            if stopped_on_budget:
-                last["stopped"] = "time_budget"
-            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{last['lr']:.1e}", tok_s=f"{last['tokens_per_s']:.0f}")
-            end = reached == self.total_steps or stopped_on_budget
-            if procs.main and (reached % config.log_every == 0 or end):
-                self.log.append(last)
-            if self.evaluation is not None and (reached % config.eval_every == 0 or end):
-                stopped_early = self.evaluate(reached) and reached < self.total_steps
-                end = end or stopped_early
-            if reached % config.save_every == 0 or end:
-                self.save_checkpoint(reached)
-            if end:
-                break
-        bar.close()
-        if stopped_on_budget and procs.main:
-            print(f"time budget of {config.time_budget:g} s spent: stopped after step {reached} of "
-                  f"{self.total_steps} (checkpoint and result saved); to continue: {self.resume_command()}")
+        reached, stopped, stopped_early = start_step, None, False
+        with self.stop_on_signals():
+            for step in bar:
+                try:
+                    loss, tokens = self.step(step)
+                except TrainingDiverged as err:
+                    latest = ckpt.latest_checkpoint(self.output)
+                    raise TrainingDiverged(f"{err}; stopped. Last good checkpoint: {latest or 'none yet'}") from None
+                reached = step + 1
+                tokens_seen += tokens
+                elapsed = max(self.clock() - started, 1e-9)
+                stopped = self.stop_reason(started) if reached < self.total_steps else None
+                last = {"step": reached, "epoch": reached / self.steps_per_epoch, "loss": loss,
+                        "lr": self.schedule.get_last_lr()[0], "tokens": tokens,
+                        "tokens_per_s": tokens_seen / elapsed, "elapsed_s": elapsed,
+                        "peak_mem_mb": peak_memory_mb(self.device)}
+                if stopped:
+                    last["stopped"] = stopped
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{last['lr']:.1e}", tok_s=f"{last['tokens_per_s']:.0f}")
+                end = reached == self.total_steps or stopped is not None
+                if procs.main and (reached % config.log_every == 0 or end):
+                    self.log.append(last)
+                if self.evaluation is not None and (reached % config.eval_every == 0 or end):
+                    stopped_early = self.evaluate(reached) and reached < self.total_steps
+                    end = end or stopped_early
+                if reached % config.save_every == 0 or end:
+                    self.save_checkpoint(reached)
+                if end:
+                    break
+            bar.close()
+            if stopped and procs.main:
+                why = (f"time budget of {config.time_budget:g} s spent" if stopped == "time_budget"
+                       else f"{self.signalled or 'a signal'} received")
+                print(f"{why}: stopped after step {reached} of {self.total_steps} (checkpoint and result saved); "
+                      f"to continue: {self.resume_command()}")
         self.model.eval()
-        summary = {"steps": reached, "planned_steps": self.total_steps, "stopped_on_time_budget": stopped_on_budget,
+        return self._finish(reached, start_step, stopped, stopped_early, last, started, trainable, total)
+
+    def _finish(self, reached: int, start_step: int, stopped: str | None, stopped_early: bool, last: dict,
+                started: float, trainable: int, total: int) -> dict:
+        """Save the result and write the summary (the main process), then wait for every process."""
+        procs = self.procs
+        summary = {"steps": reached, "planned_steps": self.total_steps,
+                   "stopped_on_time_budget": stopped == "time_budget", "stopped_by": stopped,
                    "steps_this_session": reached - start_step,
                    "final_loss": last.get("loss"), "seconds": self.clock() - started,
                    "tokens_per_s": last.get("tokens_per_s"), "peak_mem_mb": peak_memory_mb(self.device),
