@@ -252,6 +252,7 @@ def test_a_signal_stops_after_the_step_with_everything_saved(workspace, tmp_path
     steps = summary["steps"]
     assert 0 < steps < 200 and summary["stopped_by"] == "signal" and not summary["stopped_on_time_budget"]
     assert f"{sig.name} received: stopped after step {steps} of 200" in printed, printed[-2000:]
+    assert f"stopped by a signal after {steps} of 200 steps" in printed, printed[-2000:]
     assert (out / "checkpoints/latest").read_text().strip() == f"step-{steps:07d}"
     assert (out / "adapter/adapter_model.safetensors").is_file()
     assert json.loads((out / "log.jsonl").read_text().splitlines()[-1])["stopped"] == "signal"

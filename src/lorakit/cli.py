@@ -48,8 +48,9 @@ def _train(args: argparse.Namespace) -> int:
     summary = trainer.fit(resume=args.resume)
     if trainer.procs.main:
         loss, speed = summary["final_loss"], summary["tokens_per_s"]
-        ended = (f"stopped on the time budget after {summary['steps']} of {summary['planned_steps']} steps"
-                 if summary.get("stopped_on_time_budget") else f"done: {summary['steps']} steps")
+        why = {"time_budget": "on the time budget", "signal": "by a signal"}.get(summary.get("stopped_by") or "")
+        ended = (f"stopped {why} after {summary['steps']} of {summary['planned_steps']} steps" if why
+                 else f"done: {summary['steps']} steps")
         print(f"{ended} in {summary['seconds']:.0f} s"
               + (f", final loss {loss:.3f}, {speed:.0f} tokens/s" if loss is not None else "")
               + f"; run folder {summary['output']}")

@@ -165,6 +165,7 @@ class Trainer:
     names. Most callers build all of this with ``lorakit.recipes.build_trainer(config)``."""
 
     clock: Callable[[], float] = staticmethod(time.perf_counter)  # elapsed time and the budget (tests replace it)
+    signalled: str | None = None  # the signal (SIGINT, SIGTERM) that asked the run to stop after its current step
 
     def __init__(self, config: TrainConfig, model: nn.Module, tokenizer, samples: list[Sample] |
                  list[ClassificationSample], loss: nn.Module, *, evaluation: Evaluation | None = None,
@@ -353,8 +354,6 @@ class Trainer:
             dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
             flags = tensor.tolist()
         return "time_budget" if flags[0] else "signal" if flags[1] else None
-
-    signalled: str | None = None  # the signal that asked the run to stop after its current step
 
     @contextlib.contextmanager
     def stop_on_signals(self):
