@@ -47,7 +47,6 @@ from .http import (
 from .registry import AdapterRefused
 from .schemas import AdapterRequest, ChatRequest, ClassifyRequest, CompletionRequest, UnloadRequest
 
-CLIENT_CLOSED = 499  # the status nginx logs for a client that closed the connection before the answer
 MAX_REPORTED_ERRORS = 5  # a 422 lists this many of a body's problems and counts the rest
 
 
@@ -94,14 +93,8 @@ def create_app(engine: Engine, base_name: str, *, api_key: str | None = None, ad
     @app.middleware("http")
     async def _measure(request: Request, call_next):
         start = time.perf_counter()
+        response = await call_next(request)
         endpoint = _endpoint(request.url.path)
-        try:
-            response = await call_next(request)
-        except RuntimeError:  # Starlette's "No response returned": BodyLimit answers no client that left mid-body
-            if not await request.is_disconnected():
-                raise
-            metrics.observe(endpoint, CLIENT_CLOSED, time.perf_counter() - start)
-            return PlainTextResponse("", status_code=CLIENT_CLOSED)  # nobody reads it: the client is gone
         if isinstance(response, StreamingResponse) or hasattr(response, "body_iterator"):
             inner = response.body_iterator
 

@@ -143,6 +143,9 @@ class Guard:
         await self.app(scope, receive, send)
 
 
+CLIENT_CLOSED = 499  # the status nginx logs for a client that closed the connection before the answer
+
+
 class BodyLimit:
     """413 for request bodies over ``limit`` bytes, decided before the body is parsed (ASGI middleware).
 
@@ -165,8 +168,10 @@ class BodyLimit:
         chunks, size = [], 0
         while True:
             message = await receive()
-            if message["type"] != "http.request":  # the client went away: nobody to answer
-                return
+            if message["type"] != "http.request":
+                # the client went away: an answer all the same (the server drops it), which the metrics count
+                gone = error_response(CLIENT_CLOSED, "the client left before its body arrived")
+                return await gone(scope, receive, send)
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.limit:
