@@ -281,14 +281,19 @@ def test_benchmark_glue_command(tmp_path: Path, tiny_bert_dir: Path, capsys) -> 
     assert f"{out / 'sst2-lora'}: a finished run with lr = 0.003, but 0.01 was asked for" in capsys.readouterr().err
     config.write_text(config.read_text().replace("lr = 1e-2", "lr = 3e-3"))
 
-    # a run a time budget stopped is not finished: the next call resumes it rather than reusing it
-    summary = json.loads((out / "sst2-lora" / "summary.json").read_text())
-    (out / "sst2-lora" / "summary.json").write_text(json.dumps({**summary, "stopped_on_time_budget": True}))
-    capsys.readouterr()
-    assert lorakit_main(["benchmark", "glue", "--config", str(config), "--data", str(root), "--output", str(out),
-                         "--tasks", "sst2"]) == 0
-    assert f"$ lorakit train --config {out / 'sst2-lora' / 'benchmark_config.json'} --resume" in capsys.readouterr().out
-    assert not json.loads((out / "sst2-lora" / "summary.json").read_text())["stopped_on_time_budget"]
+    # a run a time budget (or an earlier lorakit's budget, or a signal) stopped is not finished: the next call
+    # resumes it rather than reusing it
+    for stopped in ({"stopped_by": "time_budget", "stopped_on_time_budget": True}, {"stopped_on_time_budget": True},
+                    {"stopped_by": "signal", "stopped_on_time_budget": False}):
+        summary = json.loads((out / "sst2-lora" / "summary.json").read_text())
+        summary.pop("stopped_by")
+        (out / "sst2-lora" / "summary.json").write_text(json.dumps({**summary, **stopped}))
+        capsys.readouterr()
+        assert lorakit_main(["benchmark", "glue", "--config", str(config), "--data", str(root), "--output",
+                             str(out), "--tasks", "sst2"]) == 0
+        resumed = f"$ lorakit train --config {out / 'sst2-lora' / 'benchmark_config.json'} --resume"
+        assert resumed in capsys.readouterr().out, stopped
+        assert json.loads((out / "sst2-lora" / "summary.json").read_text())["stopped_by"] is None
 
 
 def test_benchmark_glue_protocol_searches_then_seeds(tmp_path: Path, tiny_bert_dir: Path, capsys) -> None:

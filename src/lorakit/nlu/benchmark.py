@@ -26,6 +26,7 @@ from ..models import load_model
 from ..tasks import get_task
 from ..train.config import TrainConfig
 from ..train.logs import MetricsLog
+from ..train.trainer import stopped_part_way
 from .multitask import MultiTaskClassifier
 from .predict import load_classifier, predict_logits, to_predictions
 
@@ -57,8 +58,8 @@ def run_training(settings: dict[str, Any], output: Path) -> dict[str, Any]:
     """Train (or reuse, or resume) one run; returns its summary, dev scores and measured sizes."""
     done = output / "summary.json"
     config = TrainConfig(**{**settings, "output": str(output), "samples": 0})
-    # a run a time budget stopped is not done: it resumes (and its summary is written anew at its end)
-    finished = done.is_file() and not json.loads(done.read_text()).get("stopped_on_time_budget")
+    # a run a time budget or a signal stopped is not done: it resumes (and its summary is written anew at its end)
+    finished = done.is_file() and not stopped_part_way(json.loads(done.read_text()))
     if finished:
         check_reusable(output, config)
     else:

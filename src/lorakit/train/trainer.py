@@ -157,6 +157,12 @@ def check_fresh_start(output: str | os.PathLike, world_size: int = 1) -> None:
                               "another --output")
 
 
+def stopped_part_way(summary: dict) -> bool:
+    """Whether a run's ``summary.json`` is of a run that a time budget or a signal stopped before its last
+    step: it is not finished, and resumes."""
+    return bool(summary.get("stopped_by") or summary.get("stopped_on_time_budget"))  # the latter: older runs
+
+
 class Trainer:
     """One run: ``Trainer(config, model, tokenizer, samples, loss).fit(resume=False)`` writes the run folder
     and returns a summary. ``model`` carries its adapter already (or is trained whole with
@@ -365,10 +371,13 @@ class Trainer:
             return
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
-        def ask_to_stop(signum: int, frame) -> None:
-            self.signalled = signal.Signals(signum).name
+        def restore() -> None:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+        def ask_to_stop(signum: int, frame) -> None:
+            self.signalled = signal.Signals(signum).name
+            restore()
             if self.procs.main:
                 print(f"\n{self.signalled} received: stopping after this step (again to stop at once)", flush=True)
 
@@ -377,8 +386,7 @@ class Trainer:
         try:
             yield
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            restore()
 
     def finished_before(self, start_step: int) -> bool:
         """A resumed run that had already trained every step (or stopped early, its evaluations no longer
@@ -391,8 +399,7 @@ class Trainer:
         if summary.get("steps") != start_step:
             return False
         return bool(summary.get("stopped_early")) or (start_step == self.total_steps
-                                                       and not summary.get("stopped_on_time_budget")
-                                                       and not summary.get("stopped_by"))
+                                                       and not stopped_part_way(summary))
 
     # --- evaluation
     def evaluate(self, step: int) -> bool:
